@@ -1,0 +1,85 @@
+//! `concord`: the operator CLI. Talks to the services over NATS and reads the
+//! event store and dead letters in Postgres.
+
+mod dlq;
+mod events;
+mod ping;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use concord_bus::{Bus, BusConfig};
+use concord_config::{DatabaseArgs, NatsArgs};
+
+/// Operate a Concord installation.
+#[derive(Parser)]
+#[command(name = "concord", version, about)]
+struct Cli {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the Concord services answering `$SRV.PING` (optionally wait for some).
+    Ping(ping::PingArgs),
+    /// Show each running service's endpoints (`$SRV.INFO`).
+    Services(ping::ServicesArgs),
+    /// Watch or replay events.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Apply database migrations (services also do this when they start).
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("concord: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Ping(args) => ping::ping(&connect(&cli.nats).await?, args).await,
+        Command::Services(args) => ping::services(&connect(&cli.nats).await?, args).await,
+        Command::Events(command) => events::run(&cli.nats, &cli.database, command).await,
+        Command::Dlq(command) => dlq::run(&cli.nats, &cli.database, command).await,
+        Command::Migrate => {
+            let pool = concord_store::connect(&cli.database.database_url, 2).await?;
+            concord_store::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn connect(nats: &NatsArgs) -> anyhow::Result<Bus> {
+    let config = BusConfig {
+        url: nats.nats_url.clone(),
+        client_name: "concord-cli".into(),
+        creds: nats.creds.clone(),
+        tls_ca: nats.tls_ca.clone(),
+        tls_client: nats.tls_cert.clone().zip(nats.tls_key.clone()),
+        require_tls: nats.require_tls,
+        connect_timeout: std::time::Duration::from_secs(nats.connect_timeout_secs),
+        subject_root: nats.subject_root.clone(),
+    };
+    Ok(concord_bus::connect(&config).await?)
+}

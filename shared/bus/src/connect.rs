@@ -1,0 +1,192 @@
+//! Connecting to NATS with the options a production service needs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+
+use crate::Subjects;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// Client name shown by the server (`connz`), e.g. `concord-registry`.
+    pub client_name: String,
+    /// Credentials file (JWT + seed).
+    pub creds: Option<PathBuf>,
+    /// Extra CA certificates (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS (PEM).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Refuse plaintext connections.
+    pub require_tls: bool,
+    /// How long the first connection may take.
+    pub connect_timeout: Duration,
+    /// Root of every Concord subject.
+    pub subject_root: String,
+}
+
+impl BusConfig {
+    /// A plain loopback-style config: `url`, a client name and the default root.
+    pub fn new(url: impl Into<String>, client_name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            client_name: client_name.into(),
+            creds: None,
+            tls_ca: None,
+            tls_client: None,
+            require_tls: false,
+            connect_timeout: Duration::from_secs(5),
+            subject_root: Subjects::DEFAULT_ROOT.to_string(),
+        }
+    }
+
+    /// The same config with another subject root.
+    pub fn with_subject_root(mut self, root: impl Into<String>) -> Self {
+        self.subject_root = root.into();
+        self
+    }
+}
+
+/// The first connection failed; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid subject root {root:?}: {reason}; check --subject-root / CONCORD_SUBJECT_ROOT")]
+    SubjectRoot { root: String, reason: &'static str },
+    #[error(
+        "cannot read NATS credentials file {path}: {source}; check --nats-creds / CONCORD_NATS_CREDS"
+    )]
+    Credentials {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot connect to NATS at {url}: {reason}; check --nats-url / CONCORD_NATS_URL and that nats-server is running"
+    )]
+    Unreachable { url: String, reason: String },
+}
+
+/// A connected NATS client plus the subject tree it should use.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    pub client: Client,
+    pub subjects: Subjects,
+}
+
+impl Bus {
+    /// JetStream context on this connection.
+    pub fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client.clone())
+    }
+}
+
+/// Connects once (failing fast with a one-line error), then reconnects forever.
+pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
+    let subjects =
+        Subjects::new(&config.subject_root).map_err(|reason| ConnectError::SubjectRoot {
+            root: config.subject_root.clone(),
+            reason,
+        })?;
+    let mut options = match &config.creds {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                path: path.clone(),
+                source,
+            })?,
+        None => ConnectOptions::new(),
+    };
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &config.tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let name = config.client_name.clone();
+    options = options
+        .name(&config.client_name)
+        .require_tls(config.require_tls)
+        .connection_timeout(config.connect_timeout)
+        // Bursts of requests (a vote round, a batch of assignments) should not
+        // fail while a reconnect is under way: queue them in the client.
+        .client_capacity(65_536)
+        .subscription_capacity(65_536)
+        .event_callback(move |event| {
+            let name = name.clone();
+            async move {
+                match event {
+                    Event::Connected => tracing::info!(client = %name, "connected to NATS"),
+                    Event::Disconnected => {
+                        tracing::warn!(client = %name, "disconnected from NATS; reconnecting")
+                    }
+                    Event::SlowConsumer(sid) => {
+                        tracing::warn!(client = %name, sid, "slow consumer: messages dropped")
+                    }
+                    other => tracing::info!(client = %name, event = %other, "NATS event"),
+                }
+            }
+        });
+    let connect = options.connect(config.url.as_str());
+    // Guard the whole handshake, not just the TCP connect: a wrong port that
+    // accepts TCP but never speaks NATS must not hang a service forever.
+    let client = tokio::time::timeout(config.connect_timeout + Duration::from_secs(1), connect)
+        .await
+        .map_err(|_| ConnectError::Unreachable {
+            url: config.url.clone(),
+            reason: format!("no answer within {:?}", config.connect_timeout),
+        })?
+        .map_err(|error| ConnectError::Unreachable {
+            url: config.url.clone(),
+            reason: error.to_string(),
+        })?;
+    Ok(Bus { client, subjects })
+}
+
+impl Bus {
+    /// Sends `request` to a service endpoint and decodes its reply (JSON on the
+    /// wire), turning error replies, timeouts and absent services into
+    /// [`ServiceError`](crate::ServiceError)s.
+    pub async fn request<Req, Resp>(
+        &self,
+        subject: String,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, crate::ServiceError>
+    where
+        Req: concord_wire::codec::WireMessage,
+        Resp: concord_wire::codec::WireMessage,
+    {
+        use concord_wire::codec::{self, ContentType};
+        use concord_wire::v1::ErrorCode;
+
+        let headers = crate::headers::outgoing(ContentType::Json.as_str());
+        let payload = codec::encode(ContentType::Json, request)
+            .map_err(|error| crate::ServiceError::invalid(error.field.clone(), error.message))?;
+        let send = self
+            .client
+            .request_with_headers(subject.clone(), headers, payload.into());
+        let message = match tokio::time::timeout(timeout, send).await {
+            Err(_) => {
+                return Err(crate::ServiceError::new(
+                    ErrorCode::Timeout,
+                    format!("no reply on {subject} within {timeout:?}"),
+                ));
+            }
+            Ok(Err(error)) => {
+                use async_nats::client::RequestErrorKind;
+                let code = match error.kind() {
+                    RequestErrorKind::TimedOut => ErrorCode::Timeout,
+                    _ => ErrorCode::Unavailable,
+                };
+                return Err(crate::ServiceError::new(
+                    code,
+                    format!("request on {subject} failed: {error}"),
+                ));
+            }
+            Ok(Ok(message)) => message,
+        };
+        crate::service::read_reply(&message)
+    }
+}

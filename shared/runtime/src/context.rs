@@ -1,0 +1,176 @@
+//! Connecting a service to NATS, Postgres and its metrics endpoint, and the
+//! process entry point that reports startup errors in one line.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_bus::{Bus, BusConfig, Shutdown};
+use concord_config::{LogFormat, ServiceArgs};
+use concord_store::{DeadLetterStore, EventStore};
+use concord_telemetry::{MetricsRegistry, MetricsServer, TelemetryConfig};
+use sqlx::PgPool;
+
+use crate::{EventPublisher, StoreRejectSink};
+
+/// What a service is: its name on NATS, what it does, its default metrics port.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceInfo {
+    /// Service API name and NATS client name, e.g. `concord-registry`.
+    pub name: &'static str,
+    /// One line for `$SRV.INFO` and logs.
+    pub description: &'static str,
+    /// Port of `/metrics` on 127.0.0.1 unless `--metrics-addr` says otherwise.
+    pub default_metrics_port: u16,
+}
+
+/// Everything a service needs, connected.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub info: ServiceInfo,
+    pub bus: Bus,
+    pub pool: PgPool,
+    pub events: EventPublisher,
+    pub dead_letters: DeadLetterStore,
+    pub metrics: MetricsRegistry,
+    pub shutdown: Shutdown,
+    /// How long in-flight work may take to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Why a service could not start; every variant prints as one line saying what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Nats(#[from] concord_bus::ConnectError),
+    #[error(transparent)]
+    Database(#[from] concord_store::StoreError),
+    #[error("{0}")]
+    Metrics(std::io::Error),
+    #[error(transparent)]
+    Telemetry(#[from] concord_telemetry::TelemetryError),
+}
+
+impl ServiceContext {
+    /// Connects to NATS and Postgres (running migrations), starts the metrics
+    /// endpoint and the event publisher. Does not install telemetry (see [`run_service`]).
+    pub async fn connect(
+        info: &ServiceInfo,
+        args: &ServiceArgs,
+        shutdown: Shutdown,
+    ) -> Result<Self, StartupError> {
+        let name = info.name;
+        let nats = &args.nats;
+        let bus_config = BusConfig {
+            url: nats.nats_url.clone(),
+            client_name: name.to_string(),
+            creds: nats.creds.clone(),
+            tls_ca: nats.tls_ca.clone(),
+            tls_client: nats.tls_cert.clone().zip(nats.tls_key.clone()),
+            require_tls: nats.require_tls,
+            connect_timeout: Duration::from_secs(nats.connect_timeout_secs),
+            subject_root: nats.subject_root.clone(),
+        };
+        let bus = concord_bus::connect(&bus_config).await?;
+        let pool =
+            concord_store::connect(&args.database.database_url, args.database.max_connections)
+                .await?;
+        concord_store::migrate(&pool).await?;
+
+        let metrics = MetricsRegistry::with_prefix("concord");
+        let metrics_addr = args
+            .telemetry
+            .metrics_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], info.default_metrics_port)));
+        let server = MetricsServer::start(metrics_addr, metrics.clone(), shutdown.token())
+            .await
+            .map_err(StartupError::Metrics)?;
+        let metrics_addr = Some(server.local_addr());
+        tracing::info!(service = name, metrics = %server.local_addr(), "metrics endpoint listening");
+
+        let events =
+            EventPublisher::start(EventStore::new(pool.clone()), bus.clone(), name, &metrics);
+        Ok(Self {
+            info: *info,
+            dead_letters: DeadLetterStore::new(pool.clone()),
+            bus,
+            pool,
+            events,
+            metrics,
+            shutdown,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            metrics_addr,
+        })
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// A sink that keeps rejected requests as dead letters and emits an event.
+    pub fn reject_sink(&self) -> Arc<StoreRejectSink> {
+        Arc::new(StoreRejectSink::new(
+            self.dead_letters.clone(),
+            self.events.clone(),
+        ))
+    }
+
+    /// Waits for in-flight events to be written; call last on shutdown.
+    pub async fn close(self) {
+        self.events.close().await;
+        let _ = self.bus.client.flush().await;
+        self.pool.close().await;
+    }
+}
+
+/// Runs a service process: telemetry, connections, `serve` until SIGTERM, then
+/// a drain. Startup errors print as one line (`<name>: error: ...`) with exit code 1.
+pub fn run_service<F, Fut>(info: ServiceInfo, args: ServiceArgs, serve: F) -> ExitCode
+where
+    F: FnOnce(ServiceContext) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let name = info.name;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let telemetry = concord_telemetry::init(&TelemetryConfig {
+            service_name: name.to_string(),
+            json_logs: args.telemetry.log_format == LogFormat::Json,
+            log_filter: args.telemetry.log_filter.clone(),
+            otlp_endpoint: args.telemetry.otlp_endpoint.clone(),
+        })
+        .map_err(StartupError::from)?;
+        tracing::info!(
+            service = name,
+            version = env!("CARGO_PKG_VERSION"),
+            "{}: starting",
+            info.description
+        );
+        let shutdown = Shutdown::on_signals();
+        let context = ServiceContext::connect(&info, &args, shutdown).await?;
+        let outcome = serve(context).await;
+        tracing::info!(service = name, "stopped");
+        telemetry.shutdown(Duration::from_secs(5));
+        outcome
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Durable events: appended to the Postgres event store in batches, then
+//! published on `<root>.events.<aggregate>.<type>` as JSON for live observers.
+//!
+//! Callers await [`EventPublisher::emit`] until their events are committed, so
+//! a JetStream message can be acknowledged only after its outcome is durable.
+//! Concurrent callers share one multi-row INSERT (the performance budget: one
+//! row per commit caps the system near 4k/s, batches reach ~150k rows/s).
+
+use std::sync::Arc;
+
+use concord_bus::Bus;
+use concord_store::{EventStore, NewEvent, StoreError};
+use concord_telemetry::MetricsRegistry;
+use concord_wire::codec::{self, ContentType};
+use concord_wire::v1::Event;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Largest number of events written in one INSERT.
+const MAX_BATCH: usize = 1000;
+/// Events waiting for the writer before `emit` applies backpressure.
+const QUEUE_DEPTH: usize = 16_384;
+
+/// Why events could not be made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EmitError {
+    #[error("event store write failed: {0}")]
+    Store(Arc<StoreError>),
+    #[error("event publisher is shut down")]
+    Closed,
+}
+
+struct Pending {
+    events: Vec<NewEvent>,
+    done: oneshot::Sender<Result<(), EmitError>>,
+}
+
+/// Handle on the batching event writer; clone freely.
+#[derive(Clone)]
+pub struct EventPublisher {
+    tx: mpsc::Sender<Pending>,
+    source: Arc<str>,
+    closing: CancellationToken,
+    writer: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl EventPublisher {
+    /// Starts the writer task.
+    pub fn start(store: EventStore, bus: Bus, source: &str, metrics: &MetricsRegistry) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let written = Counter::<u64>::default();
+        let batch_sizes = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        metrics.register(
+            "events_written",
+            "Events committed to the event store",
+            written.clone(),
+        );
+        metrics.register(
+            "event_batch_size",
+            "Events per event-store INSERT",
+            batch_sizes.clone(),
+        );
+        let closing = CancellationToken::new();
+        let writer = tokio::spawn(write_loop(
+            store,
+            bus,
+            rx,
+            closing.clone(),
+            written,
+            batch_sizes,
+        ));
+        Self {
+            tx,
+            source: source.into(),
+            closing,
+            writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+        }
+    }
+
+    /// The `source` stamped on events built with [`EventPublisher::event`].
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// A new event from this service, with a fresh id, the current trace id and time.
+    pub fn event(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> NewEvent {
+        NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_type: aggregate_type.to_string(),
+            aggregate_id: aggregate_id.to_string(),
+            sequence,
+            event_type: event_type.to_string(),
+            data,
+            trace_id: concord_telemetry::current_trace_id(),
+            source: self.source.to_string(),
+            occurred_at: chrono::Utc::now(),
+        }
+    }
+
+    /// Makes `events` durable (one transaction with other callers' events),
+    /// then publishes them; resolves once committed.
+    pub async fn emit(&self, events: Vec<NewEvent>) -> Result<(), EmitError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Pending { events, done })
+            .await
+            .map_err(|_| EmitError::Closed)?;
+        wait.await.map_err(|_| EmitError::Closed)?
+    }
+
+    /// Stops accepting events (later `emit`s fail with [`EmitError::Closed`])
+    /// and waits until the queued ones are written.
+    pub async fn close(&self) {
+        self.closing.cancel();
+        let writer = self.writer.lock().await.take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+}
+
+async fn write_loop(
+    store: EventStore,
+    bus: Bus,
+    mut rx: mpsc::Receiver<Pending>,
+    closing: CancellationToken,
+    written: Counter<u64>,
+    batch_sizes: Histogram,
+) {
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut rows: Vec<NewEvent> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let next = tokio::select! {
+            biased;
+            next = rx.recv() => next,
+            _ = closing.cancelled(), if !rx.is_closed() => {
+                // Refuse new events; what is already queued is still written.
+                rx.close();
+                continue;
+            }
+        };
+        let Some(first) = next else { break };
+        rows.extend(first.events.iter().cloned());
+        batch.push(first);
+        while rows.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => {
+                    rows.extend(next.events.iter().cloned());
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = store
+            .append(&rows)
+            .await
+            .map(|_| ())
+            .map_err(|e| EmitError::Store(Arc::new(e)));
+        if result.is_ok() {
+            written.inc_by(rows.len() as u64);
+            batch_sizes.observe(rows.len() as f64);
+            publish(&bus, &rows).await;
+        } else if let Err(error) = &result {
+            tracing::error!(%error, events = rows.len(), "event store append failed");
+        }
+        for pending in batch.drain(..) {
+            let _ = pending.done.send(result.clone());
+        }
+        rows.clear();
+    }
+}
+
+/// Publishes committed events as core NATS messages (cheap; the durable copy is
+/// in Postgres, replayable with `concord events replay`).
+async fn publish(bus: &Bus, events: &[NewEvent]) {
+    for event in events {
+        let subject = bus
+            .subjects
+            .event(&event.aggregate_type, event_suffix(event));
+        let payload = match codec::encode(ContentType::Json, &to_wire(event)) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::warn!(%error, event_type = %event.event_type, "event not publishable as JSON");
+                continue;
+            }
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            concord_bus::headers::CONTENT_TYPE,
+            ContentType::Json.as_str(),
+        );
+        if let Err(error) = bus
+            .client
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+        {
+            tracing::warn!(%error, "could not publish event");
+        }
+    }
+}
+
+/// The last dotted token of the event type is the subject suffix:
+/// `task.completed` on aggregate `task` goes to `<root>.events.task.completed`.
+fn event_suffix(event: &NewEvent) -> &str {
+    event
+        .event_type
+        .rsplit('.')
+        .next()
+        .unwrap_or(&event.event_type)
+}
+
+/// The wire form of a stored event.
+pub fn to_wire(event: &NewEvent) -> Event {
+    let data =
+        serde_json::from_value::<pbjson_types::Struct>(event.data.clone()).unwrap_or_default();
+    Event {
+        id: event.event_id.to_string(),
+        aggregate_type: event.aggregate_type.clone(),
+        aggregate_id: event.aggregate_id.clone(),
+        sequence: event.sequence.max(0) as u64,
+        r#type: event.event_type.clone(),
+        data: Some(data),
+        trace_id: event.trace_id.clone().unwrap_or_default(),
+        time: Some(pbjson_types::Timestamp {
+            seconds: event.occurred_at.timestamp(),
+            nanos: event.occurred_at.timestamp_subsec_nanos() as i32,
+        }),
+        source: event.source.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffix_is_the_last_token_of_the_type() {
+        let mut event = NewEvent {
+            event_id: uuid::Uuid::nil(),
+            aggregate_type: "task".into(),
+            aggregate_id: "t1".into(),
+            sequence: 1,
+            event_type: "task.completed".into(),
+            data: serde_json::json!({"a": 1}),
+            trace_id: None,
+            source: "x".into(),
+            occurred_at: chrono::Utc::now(),
+        };
+        assert_eq!(event_suffix(&event), "completed");
+        event.event_type = "registered".into();
+        assert_eq!(event_suffix(&event), "registered");
+    }
+
+    #[test]
+    fn wire_form_keeps_the_data_object() {
+        let event = NewEvent {
+            event_id: uuid::Uuid::nil(),
+            aggregate_type: "agent".into(),
+            aggregate_id: "a1".into(),
+            sequence: 3,
+            event_type: "agent.registered".into(),
+            data: serde_json::json!({"name": "echo", "capabilities": ["echo"]}),
+            trace_id: Some("abc".into()),
+            source: "concord-registry".into(),
+            occurred_at: chrono::Utc::now(),
+        };
+        let json = serde_json::to_value(to_wire(&event)).unwrap();
+        assert_eq!(json["data"]["name"], "echo");
+        assert_eq!(json["aggregateType"], "agent");
+        assert_eq!(json["sequence"], "3");
+        assert_eq!(json["type"], "agent.registered");
+    }
+}

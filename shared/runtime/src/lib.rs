@@ -1,0 +1,36 @@
+//! The service runtime: turns [`ServiceArgs`] into a connected, observable
+//! service and runs it until shutdown.
+//!
+//! A service binary is a few lines:
+//!
+//! ```no_run
+//! use concord_runtime::{run_service, Service, ServiceInfo};
+//! # fn args() -> concord_config::ServiceArgs { unimplemented!() }
+//!
+//! const INFO: ServiceInfo = ServiceInfo {
+//!     name: "concord-example",
+//!     description: "An example service",
+//!     default_metrics_port: 9199,
+//! };
+//!
+//! fn main() -> std::process::ExitCode {
+//!     run_service(INFO, args(), |context| async move {
+//!         let service = Service::start(context).await?;
+//!         // service.host().endpoint(...) for each operation
+//!         service.run_until_stopped().await
+//!     })
+//! }
+//! ```
+//!
+//! Tests skip [`run_service`] and call [`ServiceContext::connect`] directly, so
+//! services run in-process against the test's own NATS and database.
+
+mod context;
+mod dead_letters;
+mod events;
+mod service;
+
+pub use context::{ServiceContext, ServiceInfo, StartupError, run_service};
+pub use dead_letters::StoreRejectSink;
+pub use events::{EmitError, EventPublisher};
+pub use service::Service;

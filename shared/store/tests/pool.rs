@@ -1,0 +1,64 @@
+//! Connecting and migrating: clear connection errors, idempotent migrations.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use concord_store::{StoreError, connect_with_timeout, migrate};
+use concord_testkit::TestDatabase;
+
+#[tokio::test]
+async fn wrong_port_gives_one_line_error_without_password() {
+    // A port nobody listens on: bind one, note it, release it.
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://concord:s3cret-pw@127.0.0.1:{port}/concord");
+    let err = connect_with_timeout(&url, 2, Duration::from_secs(3))
+        .await
+        .expect_err("nothing listens there");
+    let message = err.to_string();
+    assert!(matches!(err, StoreError::Connect { .. }), "{message}");
+    assert!(!message.contains('\n'), "one line: {message}");
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(message.contains("database concord"), "{message}");
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(message.contains("CONCORD_DATABASE_URL"), "{message}");
+    assert!(!message.contains("s3cret"), "password leaked: {message}");
+}
+
+#[tokio::test]
+async fn invalid_url_is_a_connect_error() {
+    let err = concord_store::connect("mysql:/nope", 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Connect { .. }), "{err}");
+    assert!(!err.to_string().contains('\n'));
+}
+
+#[tokio::test]
+async fn bad_credentials_say_so() -> anyhow::Result<()> {
+    let db = TestDatabase::create().await?;
+    // Same server, a database that does not exist.
+    let url = db.url().replace(db.name(), "concord_no_such_database");
+    let err = concord_store::connect(&url, 1).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("concord_no_such_database"), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(
+        !message.contains(":concord@"),
+        "credentials leaked: {message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent() -> anyhow::Result<()> {
+    // TestDatabase has migrated once already.
+    let db = TestDatabase::create().await?;
+    migrate(db.pool()).await?;
+    migrate(db.pool()).await?;
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+        .fetch_one(db.pool())
+        .await?;
+    assert_eq!(applied, 2);
+    Ok(())
+}
