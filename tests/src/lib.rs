@@ -1,1 +1,100 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: a test "world" with its own
+//! nats-server, its own database and a unique subject root, and services
+//! started in-process against them.
+
+use std::sync::Once;
+use std::time::Duration;
+
+use concord_bus::{Bus, BusConfig, Shutdown};
+use concord_config::{DatabaseArgs, LogFormat, NatsArgs, ServiceArgs, TelemetryArgs};
+use concord_runtime::{ServiceContext, ServiceInfo};
+use concord_testkit::{NatsServer, TestDatabase};
+use futures::StreamExt;
+
+/// A real nats-server and a fresh database, isolated from every other test.
+pub struct World {
+    pub nats: NatsServer,
+    pub db: TestDatabase,
+    pub root: String,
+}
+
+impl World {
+    pub async fn start() -> anyhow::Result<Self> {
+        init_telemetry();
+        let nats = NatsServer::start().await?;
+        let db = TestDatabase::create().await?;
+        let root = format!("t{}", uuid::Uuid::new_v4().simple());
+        Ok(Self { nats, db, root })
+    }
+
+    /// Service arguments pointing at this world (metrics on a free port).
+    pub fn args(&self) -> ServiceArgs {
+        ServiceArgs {
+            nats: NatsArgs {
+                nats_url: self.nats.url(),
+                creds: None,
+                tls_ca: None,
+                tls_cert: None,
+                tls_key: None,
+                require_tls: false,
+                connect_timeout_secs: 2,
+                subject_root: self.root.clone(),
+            },
+            database: DatabaseArgs {
+                database_url: self.db.url().to_string(),
+                max_connections: 4,
+            },
+            telemetry: TelemetryArgs {
+                log_format: LogFormat::Text,
+                log_filter: "info".into(),
+                metrics_addr: Some("127.0.0.1:0".parse().expect("valid address")),
+                otlp_endpoint: None,
+            },
+            shutdown_grace_secs: 5,
+        }
+    }
+
+    /// A connected context for `info`, with its own shutdown token.
+    pub async fn context(&self, info: &ServiceInfo) -> anyhow::Result<ServiceContext> {
+        Ok(ServiceContext::connect(info, &self.args(), Shutdown::new()).await?)
+    }
+
+    /// A plain client connection using this world's subject root.
+    pub async fn bus(&self, name: &str) -> anyhow::Result<Bus> {
+        let config = BusConfig::new(self.nats.url(), name).with_subject_root(self.root.clone());
+        Ok(concord_bus::connect(&config).await?)
+    }
+}
+
+/// Installs the tracing subscriber once per test binary (spans then carry
+/// OpenTelemetry contexts, as in the real services).
+pub fn init_telemetry() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = concord_telemetry::init(&concord_telemetry::TelemetryConfig {
+            service_name: "concord-tests".into(),
+            json_logs: false,
+            log_filter: std::env::var("CONCORD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            otlp_endpoint: None,
+        });
+    });
+}
+
+/// Sends `subject` with an inbox and gathers all replies until `quiet` passes without one.
+pub async fn gather(
+    client: &async_nats::Client,
+    subject: &str,
+    quiet: Duration,
+) -> Vec<async_nats::Message> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(subject.to_string(), inbox, bytes::Bytes::new())
+        .await
+        .expect("publish");
+    let mut out = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(quiet, replies.next()).await {
+        out.push(message);
+    }
+    out
+}

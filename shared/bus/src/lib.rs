@@ -17,7 +17,7 @@ mod subjects;
 
 pub use connect::{Bus, BusConfig, ConnectError, connect};
 pub use error::ServiceError;
-pub use service::{Handler, Reply, Request, ServiceHost, ServiceSpec};
+pub use service::{Handler, HostError, Reply, Request, ServiceHost, ServiceSpec};
 pub use shutdown::Shutdown;
 pub use subjects::Subjects;
 

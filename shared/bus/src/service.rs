@@ -179,6 +179,14 @@ impl EndpointMetrics {
     }
 }
 
+/// A service or endpoint could not be registered on NATS.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register {what} on NATS: {reason}")]
+pub struct HostError {
+    what: String,
+    reason: String,
+}
+
 /// A running service: its endpoints, their in-flight requests, and its metrics.
 pub struct ServiceHost {
     spec: ServiceSpec,
@@ -195,13 +203,17 @@ impl ServiceHost {
         bus: &Bus,
         spec: ServiceSpec,
         metrics: &MetricsRegistry,
-    ) -> Result<Self, async_nats::Error> {
+    ) -> Result<Self, HostError> {
         let service = bus
             .client
             .service_builder()
             .description(&spec.description)
             .start(&spec.name, &spec.version)
-            .await?;
+            .await
+            .map_err(|error| HostError {
+                what: format!("service {}", spec.name),
+                reason: error.to_string(),
+            })?;
         Ok(Self {
             spec,
             service,
@@ -228,13 +240,17 @@ impl ServiceHost {
         name: &str,
         subject: String,
         handler: H,
-    ) -> Result<(), async_nats::Error> {
+    ) -> Result<(), HostError> {
         let mut endpoint = self
             .service
             .endpoint_builder()
             .name(name)
             .add(subject.clone())
-            .await?;
+            .await
+            .map_err(|error| HostError {
+                what: format!("endpoint {name} on {subject}"),
+                reason: error.to_string(),
+            })?;
         let handler = Arc::new(handler);
         let context = Arc::new(EndpointContext {
             service: self.spec.name.clone(),

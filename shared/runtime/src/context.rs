@@ -119,10 +119,13 @@ impl ServiceContext {
         ))
     }
 
-    /// Waits for in-flight events to be written; call last on shutdown.
+    /// Writes queued events, then drains and closes the NATS connection (every
+    /// subscription of this process ends) and the Postgres pool. Call last.
     pub async fn close(self) {
         self.events.close().await;
-        let _ = self.bus.client.flush().await;
+        if let Err(error) = self.bus.client.drain().await {
+            tracing::warn!(%error, "NATS drain failed");
+        }
         self.pool.close().await;
     }
 }

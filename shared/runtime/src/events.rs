@@ -11,8 +11,7 @@ use std::sync::Arc;
 use concord_bus::Bus;
 use concord_store::{EventStore, NewEvent, StoreError};
 use concord_telemetry::MetricsRegistry;
-use concord_wire::codec::{self, ContentType};
-use concord_wire::v1::Event;
+use concord_wire::codec::ContentType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, oneshot};
@@ -189,13 +188,7 @@ async fn publish(bus: &Bus, events: &[NewEvent]) {
         let subject = bus
             .subjects
             .event(&event.aggregate_type, event_suffix(event));
-        let payload = match codec::encode(ContentType::Json, &to_wire(event)) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::warn!(%error, event_type = %event.event_type, "event not publishable as JSON");
-                continue;
-            }
-        };
+        let payload = serde_json::to_vec(&event_json(event)).expect("JSON values always serialize");
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             concord_bus::headers::CONTENT_TYPE,
@@ -221,29 +214,32 @@ fn event_suffix(event: &NewEvent) -> &str {
         .unwrap_or(&event.event_type)
 }
 
-/// The wire form of a stored event.
-pub fn to_wire(event: &NewEvent) -> Event {
-    let data =
-        serde_json::from_value::<pbjson_types::Struct>(event.data.clone()).unwrap_or_default();
-    Event {
-        id: event.event_id.to_string(),
-        aggregate_type: event.aggregate_type.clone(),
-        aggregate_id: event.aggregate_id.clone(),
-        sequence: event.sequence.max(0) as u64,
-        r#type: event.event_type.clone(),
-        data: Some(data),
-        trace_id: event.trace_id.clone().unwrap_or_default(),
-        time: Some(pbjson_types::Timestamp {
-            seconds: event.occurred_at.timestamp(),
-            nanos: event.occurred_at.timestamp_subsec_nanos() as i32,
-        }),
-        source: event.source.clone(),
+/// The canonical JSON of the wire `Event` message for a stored event.
+///
+/// Built directly rather than through `google.protobuf.Struct`, which would
+/// turn every integer in `data` into a float.
+pub fn event_json(event: &NewEvent) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "id": event.event_id.to_string(),
+        "aggregateType": event.aggregate_type,
+        "aggregateId": event.aggregate_id,
+        "sequence": event.sequence.max(0).to_string(),
+        "type": event.event_type,
+        "data": event.data,
+        "time": event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        "source": event.source,
+    });
+    if let Some(trace_id) = &event.trace_id {
+        json["traceId"] = trace_id.clone().into();
     }
+    json
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use concord_wire::codec;
+    use concord_wire::v1::Event;
 
     #[test]
     fn suffix_is_the_last_token_of_the_type() {
@@ -276,8 +272,13 @@ mod tests {
             source: "concord-registry".into(),
             occurred_at: chrono::Utc::now(),
         };
-        let json = serde_json::to_value(to_wire(&event)).unwrap();
+        let json = event_json(&event);
         assert_eq!(json["data"]["name"], "echo");
+        // It is a valid wire Event.
+        let bytes = serde_json::to_vec(&json).unwrap();
+        let wire: Event = codec::decode(ContentType::Json, &bytes).unwrap();
+        assert_eq!(wire.aggregate_id, "a1");
+        assert_eq!(wire.trace_id, "abc");
         assert_eq!(json["aggregateType"], "agent");
         assert_eq!(json["sequence"], "3");
         assert_eq!(json["type"], "agent.registered");

@@ -15,14 +15,7 @@ impl Service {
     /// Registers the service on NATS (`$SRV.PING/INFO/STATS` answer from now on).
     pub async fn start(context: ServiceContext) -> anyhow::Result<Self> {
         let spec = ServiceSpec::new(context.info.name, context.info.description);
-        let mut host = ServiceHost::start(&context.bus, spec, &context.metrics)
-            .await
-            .map_err(|error| {
-                anyhow::anyhow!(
-                    "cannot register service {} on NATS: {error}",
-                    context.info.name
-                )
-            })?;
+        let mut host = ServiceHost::start(&context.bus, spec, &context.metrics).await?;
         host.set_reject_sink(context.reject_sink());
         Ok(Self { context, host })
     }

@@ -103,10 +103,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     } else {
         tracing_subscriber::fmt::layer().with_target(true).boxed()
     };
+    // The log filter applies to log output only: spans of the trace must exist
+    // (and carry the W3C context across NATS) even when logs are at `warn`.
+    let trace_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt_layer.with_filter(filter))
+        .with(trace_layer)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
