@@ -21,9 +21,10 @@ bash "$here/services.sh" status | sed 's/^/  /' || true
 cat <<TXT
 
 Try:
-  $bin/concord submit --capability echo --payload '{"text":"hi"}'
-  nats pub concord.tasks.submit '{"capability":"echo","payload":{"text":"hi"}}'   # with the NATS CLI
-  nats sub 'concord.events.>'
+  $bin/concord ping                 # who answers \$SRV.PING
+  $bin/concord services             # each service's endpoints
+  $bin/concord events tail          # live events (or: nats sub 'concord.events.>')
+  $bin/concord dlq list             # dead letters
   psql $CONCORD_DATABASE_URL
   tail -f $(rel "$CONCORD_STATE_DIR/logs")/concord-dispatcher.log
   make stop          # stop services, NATS and Postgres (data is kept)

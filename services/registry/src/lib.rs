@@ -4,6 +4,10 @@
 //! `$SRV.INFO` and `$SRV.STATS`), serves `/metrics` and shuts down cleanly;
 //! its coordination endpoints arrive with their own issues.
 
+pub mod directory;
+pub mod liveness;
+pub mod validate;
+
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 
 /// Name, description and default metrics port of the registry.
