@@ -1,14 +1,29 @@
-//! The registry service: agent directory: registration, heartbeats, liveness, discovery.
+//! The registry service: Concord's directory of agents (who exists, what they
+//! can do, whether they are alive).
 //!
-//! This release registers the service on NATS (it answers `$SRV.PING`,
-//! `$SRV.INFO` and `$SRV.STATS`), serves `/metrics` and shuts down cleanly;
-//! its coordination endpoints arrive with their own issues.
+//! Requests (service `concord-registry`, queue group `q`):
+//! `<root>.registry.register`, `.deregister`, `.heartbeat`, `.discover`, `.get`.
+//! Agents are stored in Postgres (`registry_agents`), every change is an
+//! `agent.*` event, and the directory is published to the JetStream KV bucket
+//! `<ROOT>_AGENTS` for other services to watch. See docs/PROTOCOL.md.
 
+pub mod app;
+pub mod clock;
+pub mod config;
 pub mod directory;
+pub mod handlers;
 pub mod liveness;
+pub mod published;
+pub mod reputation;
+pub mod store;
 pub mod validate;
 
+use std::time::Duration;
+
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
+
+pub use app::Registry;
+pub use config::{RegistryArgs, RegistryConfig};
 
 /// Name, description and default metrics port of the registry.
 pub const INFO: ServiceInfo = ServiceInfo {
@@ -17,7 +32,90 @@ pub const INFO: ServiceInfo = ServiceInfo {
     default_metrics_port: 9101,
 };
 
-/// Builds the service on connected infrastructure; tests call this in-process.
+/// Builds the service with default settings; tests call this in-process.
 pub async fn build(context: ServiceContext) -> anyhow::Result<Service> {
-    Service::start(context).await
+    Ok(build_with(context, RegistryConfig::default()).await?.0)
+}
+
+/// Builds the service and returns a handle on the registry (for tests that
+/// drive the sweep with a manual clock).
+pub async fn build_with(
+    context: ServiceContext,
+    config: RegistryConfig,
+) -> anyhow::Result<(Service, Registry)> {
+    let registry = Registry::new(context.clone(), config).await?;
+    let service = Service::start(context.clone()).await?;
+
+    // Load this replica's directory from the bucket before answering anything.
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    service.spawn_background(published::watch(
+        registry.bucket().clone(),
+        registry.directory(),
+        context.shutdown.token(),
+        ready_tx,
+    ));
+    let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+    // Heal the bucket from Postgres (after a JetStream loss, or writes that
+    // failed to reach it).
+    registry.reconcile().await?;
+
+    let subjects = &context.bus.subjects;
+    let host = service.host();
+    macro_rules! endpoint {
+        ($name:literal, $handler:path) => {{
+            let registry = registry.clone();
+            host.endpoint(
+                $name,
+                subjects.endpoint("registry", $name),
+                move |request| $handler(registry.clone(), request),
+            )
+            .await?;
+        }};
+    }
+    endpoint!("register", handlers::register::handle);
+    endpoint!("deregister", handlers::deregister::handle);
+    endpoint!("heartbeat", handlers::heartbeat::handle);
+    endpoint!("discover", handlers::discover::handle);
+    endpoint!("get", handlers::get::handle);
+
+    service.spawn_background(reputation::listen(
+        registry.clone(),
+        context.bus.clone(),
+        context.shutdown.token(),
+    ));
+    if registry.config().background {
+        service.spawn_background(background(registry.clone(), context.shutdown.token()));
+    }
+    Ok((service, registry))
+}
+
+/// Periodic work: flush heartbeats, sweep liveness, fold in reputation; one
+/// last flush on shutdown.
+async fn background(registry: Registry, stop: tokio_util::sync::CancellationToken) {
+    let config = registry.config().clone();
+    let mut flush = tokio::time::interval(config.flush_interval);
+    let mut sweep = tokio::time::interval(config.sweep_interval);
+    let mut reputation = tokio::time::interval(config.reputation_interval);
+    for timer in [&mut flush, &mut sweep, &mut reputation] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = flush.tick() => registry.flush_heartbeats().await,
+            _ = sweep.tick() => registry.sweep().await,
+            _ = reputation.tick() => registry.flush_outcomes().await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(error = %format!("{error:#}"), "registry background work failed; retrying next tick");
+        }
+    }
+    for result in [
+        registry.flush_heartbeats().await,
+        registry.flush_outcomes().await,
+    ] {
+        if let Err(error) = result {
+            tracing::warn!(error = %format!("{error:#}"), "final flush failed");
+        }
+    }
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use concord_config::ServiceArgs;
+use concord_registry::{RegistryArgs, RegistryConfig};
 
 /// Agent directory: registration, heartbeats, liveness, discovery.
 #[derive(Parser)]
@@ -11,14 +12,15 @@ use concord_config::ServiceArgs;
 struct Cli {
     #[command(flatten)]
     service: ServiceArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     concord_runtime::run_service(concord_registry::INFO, cli.service, |context| async move {
-        concord_registry::build(context)
-            .await?
-            .run_until_stopped()
-            .await
+        let config = RegistryConfig::from_args(&cli.registry)?;
+        let (service, _registry) = concord_registry::build_with(context, config).await?;
+        service.run_until_stopped().await
     })
 }

@@ -189,6 +189,7 @@ pub struct HostError {
 
 /// A running service: its endpoints, their in-flight requests, and its metrics.
 pub struct ServiceHost {
+    client: async_nats::Client,
     spec: ServiceSpec,
     service: Service,
     tracker: TaskTracker,
@@ -215,6 +216,7 @@ impl ServiceHost {
                 reason: error.to_string(),
             })?;
         Ok(Self {
+            client: bus.client.clone(),
             spec,
             service,
             tracker: TaskTracker::new(),
@@ -251,6 +253,12 @@ impl ServiceHost {
                 what: format!("endpoint {name} on {subject}"),
                 reason: error.to_string(),
             })?;
+        // Once this returns the endpoint must be reachable: make the server
+        // process the subscription now rather than with the next message.
+        self.client.flush().await.map_err(|error| HostError {
+            what: format!("endpoint {name} on {subject}"),
+            reason: error.to_string(),
+        })?;
         let handler = Arc::new(handler);
         let context = Arc::new(EndpointContext {
             service: self.spec.name.clone(),

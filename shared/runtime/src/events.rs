@@ -41,6 +41,8 @@ struct Pending {
 pub struct EventPublisher {
     tx: mpsc::Sender<Pending>,
     source: Arc<str>,
+    store: EventStore,
+    bus: Bus,
     closing: CancellationToken,
     writer: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -63,8 +65,8 @@ impl EventPublisher {
         );
         let closing = CancellationToken::new();
         let writer = tokio::spawn(write_loop(
-            store,
-            bus,
+            store.clone(),
+            bus.clone(),
             rx,
             closing.clone(),
             written,
@@ -73,6 +75,8 @@ impl EventPublisher {
         Self {
             tx,
             source: source.into(),
+            store,
+            bus,
             closing,
             writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
         }
@@ -117,6 +121,19 @@ impl EventPublisher {
             .await
             .map_err(|_| EmitError::Closed)?;
         wait.await.map_err(|_| EmitError::Closed)?
+    }
+
+    /// The event store, for services that append events inside their own
+    /// transaction (`EventStore::append_in`) and then call
+    /// [`EventPublisher::publish_committed`].
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Publishes events that the caller already committed to the store
+    /// itself, in the same transaction as its own state change.
+    pub async fn publish_committed(&self, events: &[NewEvent]) {
+        publish(&self.bus, events).await;
     }
 
     /// Stops accepting events (later `emit`s fail with [`EmitError::Closed`])

@@ -1,7 +1,10 @@
 //! A running service: its NATS service host (with dead-lettering of bad
 //! input) plus its connections, stopped together on shutdown.
 
+use std::future::Future;
+
 use concord_bus::{ServiceHost, ServiceSpec};
+use tokio_util::task::TaskTracker;
 
 use crate::ServiceContext;
 
@@ -9,6 +12,7 @@ use crate::ServiceContext;
 pub struct Service {
     context: ServiceContext,
     host: ServiceHost,
+    background: TaskTracker,
 }
 
 impl Service {
@@ -17,7 +21,11 @@ impl Service {
         let spec = ServiceSpec::new(context.info.name, context.info.description);
         let mut host = ServiceHost::start(&context.bus, spec, &context.metrics).await?;
         host.set_reject_sink(context.reject_sink());
-        Ok(Self { context, host })
+        Ok(Self {
+            context,
+            host,
+            background: TaskTracker::new(),
+        })
     }
 
     /// Where endpoints are added.
@@ -30,12 +38,33 @@ impl Service {
         &self.context
     }
 
+    /// Runs a background task (a sweep, a subscription) that must end when
+    /// the shutdown token trips; shutdown waits for it before closing the
+    /// connections, so it can still write its last batch.
+    pub fn spawn_background<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.background.spawn(task);
+    }
+
     /// Serves until shutdown, then drains: no new requests, in-flight ones
-    /// finish (bounded by the grace period), queued events are written.
+    /// finish (bounded by the grace period), background tasks end, queued
+    /// events are written.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.context.shutdown.triggered().await;
         tracing::info!(service = self.context.info.name, "draining");
         self.host.shutdown(self.context.shutdown_grace).await;
+        self.background.close();
+        if tokio::time::timeout(self.context.shutdown_grace, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                service = self.context.info.name,
+                "background tasks did not stop in time"
+            );
+        }
         self.context.close().await;
         Ok(())
     }

@@ -1,0 +1,55 @@
+//! `<root>.registry.deregister`: remove an agent (soft delete: its id, key and
+//! event sequence are kept for a later re-registration).
+
+use concord_bus::{Reply, Request, ServiceError};
+use concord_wire::v1::{DeregisterAgent, DeregisterAgentReply, Liveness};
+
+use crate::app::{Registry, unavailable};
+use crate::store::{AgentRow, ModifyError};
+
+pub async fn handle(registry: Registry, request: Request) -> Result<Reply, ServiceError> {
+    let message: DeregisterAgent = request.decode()?;
+    let id = message.id.trim().to_string();
+    if id.is_empty() {
+        return Err(ServiceError::invalid("id", "must not be empty"));
+    }
+    let now = registry.config().clock.now();
+    let outcome = registry.store().modify(&id, |current| {
+        let Some(existing) = current.filter(|row| row.deregistered_at.is_none()) else {
+            return Err(
+                ServiceError::not_found(format!("no registered agent with id {id}")).into(),
+            );
+        };
+        let row = AgentRow {
+            liveness: Liveness::Unavailable.as_str_name().into(),
+            revision: existing.revision + 1,
+            event_seq: existing.event_seq + 1,
+            deregistered_at: Some(now),
+            ..existing
+        };
+        let event = registry.event(
+            &id,
+            row.event_seq,
+            "deregistered",
+            serde_json::json!({ "agentId": id }),
+        );
+        let record = row.to_record();
+        Ok((Some(row), vec![event], record))
+    });
+    match outcome.await {
+        Ok((record, events)) => {
+            registry
+                .announce(&events, &[], std::slice::from_ref(&record.id))
+                .await;
+            Reply::to(
+                &request,
+                &DeregisterAgentReply {
+                    agent: Some(record),
+                },
+            )
+        }
+        Err(ModifyError::Refused(error)) => Err(error),
+        Err(ModifyError::Retry) => Err(ServiceError::conflict("concurrent change; retry")),
+        Err(ModifyError::Store(error)) => Err(unavailable(error)),
+    }
+}

@@ -1,0 +1,82 @@
+//! Reputation from task outcomes: the registry listens to the dispatcher's
+//! `task.completed` and `task.failed` events (queue group, so replicas count
+//! each event once) and folds them into each agent's score.
+//!
+//! Live events are core NATS messages (at most once), so the score is an
+//! estimate that can miss an event during a restart; it only steers routing.
+
+use concord_bus::Bus;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Registry;
+
+/// Subscribes to task outcome events and counts them until `stop`.
+pub async fn listen(registry: Registry, bus: Bus, stop: CancellationToken) {
+    let subject = bus.subjects.join("events.task.*");
+    let mut events = match bus
+        .client
+        .queue_subscribe(subject.clone(), "concord-registry".into())
+        .await
+    {
+        Ok(events) => events,
+        Err(error) => {
+            tracing::error!(%error, %subject, "cannot subscribe to task outcomes; reputation stays fixed");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = events.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        if let Some((agent_id, success)) = outcome(&message.subject, &message.payload) {
+            registry.record_outcome(&agent_id, success);
+        }
+    }
+}
+
+/// The agent and success of a task event, if it is an outcome with an agent.
+pub fn outcome(subject: &str, payload: &[u8]) -> Option<(String, bool)> {
+    let success = match subject.rsplit('.').next()? {
+        "completed" => true,
+        "failed" => false,
+        _ => return None,
+    };
+    let event: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let agent_id = event["data"]["agentId"].as_str()?.to_string();
+    (!agent_id.is_empty()).then_some((agent_id, success))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_agent_and_outcome_of_task_events() {
+        let body = br#"{"type":"task.completed","data":{"taskId":"t1","agentId":"a1"}}"#;
+        assert_eq!(
+            outcome("concord.events.task.completed", body),
+            Some(("a1".into(), true))
+        );
+        let body = br#"{"type":"task.failed","data":{"agentId":"a2"}}"#;
+        assert_eq!(
+            outcome("concord.events.task.failed", body),
+            Some(("a2".into(), false))
+        );
+    }
+
+    #[test]
+    fn ignores_other_events_and_bad_bodies() {
+        let body = br#"{"data":{"agentId":"a1"}}"#;
+        assert_eq!(outcome("concord.events.task.assigned", body), None);
+        assert_eq!(outcome("concord.events.task.completed", b"not json"), None);
+        assert_eq!(
+            outcome("concord.events.task.completed", br#"{"data":{}}"#),
+            None
+        );
+    }
+}
