@@ -94,7 +94,11 @@ pub async fn gather(
         .expect("publish");
     let mut out = Vec::new();
     while let Ok(Some(message)) = tokio::time::timeout(quiet, replies.next()).await {
-        out.push(message);
+        // With nobody listening the server answers a "no responders" status
+        // (empty body); that is not a reply.
+        if message.status.is_none() {
+            out.push(message);
+        }
     }
     out
 }

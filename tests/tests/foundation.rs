@@ -83,9 +83,13 @@ async fn all_six_services_answer_the_service_api_and_stop_cleanly() -> anyhow::R
         tokio::time::timeout(Duration::from_secs(10), task).await???;
     }
     let replies = gather(&client, "$SRV.PING", Duration::from_millis(300)).await;
+    let still: Vec<String> = replies
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).to_string())
+        .collect();
     assert!(
-        replies.is_empty(),
-        "services still answering after shutdown"
+        still.is_empty(),
+        "services still answering after shutdown: {still:?}"
     );
     Ok(())
 }

@@ -73,9 +73,28 @@ pub enum ConnectError {
 pub struct Bus {
     pub client: Client,
     pub subjects: Subjects,
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Bus {
+    /// Drains the connection (every subscription is unsubscribed after the
+    /// messages already received are handled, pending publishes are flushed)
+    /// and waits until it is closed, so the server no longer routes anything
+    /// to this process when this returns.
+    pub async fn close(&self, timeout: Duration) {
+        if let Err(error) = self.client.drain().await {
+            tracing::warn!(%error, "NATS drain failed");
+            return;
+        }
+        let mut closed = self.closed.clone();
+        if tokio::time::timeout(timeout, closed.wait_for(|closed| *closed))
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS connection did not close within {timeout:?}");
+        }
+    }
+
     /// JetStream context on this connection.
     pub fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(self.client.clone())
@@ -105,6 +124,7 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
     let name = config.client_name.clone();
+    let (closed_tx, closed) = tokio::sync::watch::channel(false);
     options = options
         .name(&config.client_name)
         .require_tls(config.require_tls)
@@ -115,6 +135,9 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
         .subscription_capacity(65_536)
         .event_callback(move |event| {
             let name = name.clone();
+            if matches!(event, Event::Closed) {
+                let _ = closed_tx.send(true);
+            }
             async move {
                 match event {
                     Event::Connected => tracing::info!(client = %name, "connected to NATS"),
@@ -141,7 +164,11 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
             url: config.url.clone(),
             reason: error.to_string(),
         })?;
-    Ok(Bus { client, subjects })
+    Ok(Bus {
+        client,
+        subjects,
+        closed,
+    })
 }
 
 impl Bus {

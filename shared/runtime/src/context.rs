@@ -123,9 +123,7 @@ impl ServiceContext {
     /// subscription of this process ends) and the Postgres pool. Call last.
     pub async fn close(self) {
         self.events.close().await;
-        if let Err(error) = self.bus.client.drain().await {
-            tracing::warn!(%error, "NATS drain failed");
-        }
+        self.bus.close(Duration::from_secs(5)).await;
         self.pool.close().await;
     }
 }
