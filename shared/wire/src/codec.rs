@@ -171,6 +171,40 @@ fn at_field(field: &str) -> String {
     }
 }
 
+/// JSON formatting that writes whole floating-point numbers without a
+/// fractional part (`3`, not `3.0`).
+///
+/// `google.protobuf.Value` holds every number as a double, so without this a
+/// payload `{"n":3}` would come back as `{"n":3.0}`: equal as JSON numbers,
+/// but surprising to anyone comparing text. Numbers beyond 2^53 keep the
+/// float form, where the double cannot represent every integer anyway.
+struct WholeNumbers;
+
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
+
+impl serde_json::ser::Formatter for WholeNumbers {
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        if value.fract() == 0.0 && value.abs() <= MAX_EXACT_INTEGER {
+            // Exact: the value is an integer that an i64 holds without loss.
+            serde_json::ser::CompactFormatter.write_i64(writer, value as i64)
+        } else {
+            serde_json::ser::CompactFormatter.write_f64(writer, value)
+        }
+    }
+
+    fn write_f32<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f32,
+    ) -> std::io::Result<()> {
+        self.write_f64(writer, f64::from(value))
+    }
+}
+
 /// Decodes a message from a body in the given encoding.
 ///
 /// An empty protobuf body is the default message (protobuf has no other way
@@ -192,7 +226,7 @@ pub fn encode<M: WireMessage>(ct: ContentType, msg: &M) -> Result<Vec<u8>, Encod
         ContentType::Protobuf => Ok(msg.encode_to_vec()),
         ContentType::Json => {
             let mut out = Vec::with_capacity(msg.encoded_len() * 2);
-            let mut ser = serde_json::Serializer::new(&mut out);
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, WholeNumbers);
             serde_path_to_error::serialize(msg, &mut ser).map_err(|err| EncodeError {
                 field: field_path(err.path()),
                 message: err.inner().to_string(),

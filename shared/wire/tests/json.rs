@@ -136,7 +136,7 @@ fn event_json_has_struct_data_and_int64_as_string() {
             "aggregateId": "task-1",
             "sequence": "42",
             "type": "task.completed",
-            "data": {"attempts": 2.0, "agent": "agent-1"},
+            "data": {"attempts": 2, "agent": "agent-1"},
             "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
             "time": "2023-11-14T22:15:20.123+00:00",
             "source": "dispatcher"
@@ -490,4 +490,24 @@ fn json_and_protobuf_decode_to_the_same_message() {
         decode::<GetAgent>(ContentType::Protobuf, &bytes).unwrap(),
         msg
     );
+}
+
+#[test]
+fn whole_numbers_in_payloads_are_written_without_a_fraction() {
+    let body = br#"{"capability":"echo","payload":{"n":3,"big":12345678901,"x":2.5,"neg":-7,"list":[1,2.25]}}"#;
+    let task: concord_wire::v1::Task =
+        concord_wire::decode(concord_wire::ContentType::Json, body).unwrap();
+    let json = concord_wire::encode(concord_wire::ContentType::Json, &task).unwrap();
+    let text = String::from_utf8(json).unwrap();
+    assert!(
+        text.contains(r#""n":3,"#) || text.contains(r#""n":3}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""big":12345678901"#), "{text}");
+    assert!(text.contains(r#""x":2.5"#), "{text}");
+    assert!(text.contains(r#""neg":-7"#), "{text}");
+    assert!(text.contains(r#"[1,2.25]"#), "{text}");
+    // -0.0 and huge values stay valid JSON numbers.
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(value["payload"]["n"], 3);
 }
