@@ -71,15 +71,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(nats: &NatsArgs) -> anyhow::Result<Bus> {
-    let config = BusConfig {
-        url: nats.nats_url.clone(),
-        client_name: "concord-cli".into(),
-        creds: nats.creds.clone(),
-        tls_ca: nats.tls_ca.clone(),
-        tls_client: nats.tls_cert.clone().zip(nats.tls_key.clone()),
-        require_tls: nats.require_tls,
-        connect_timeout: std::time::Duration::from_secs(nats.connect_timeout_secs),
-        subject_root: nats.subject_root.clone(),
-    };
+    let config = BusConfig::from_args(nats, "concord-cli");
     Ok(concord_bus::connect(&config).await?)
 }

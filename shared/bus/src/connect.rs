@@ -43,6 +43,20 @@ impl BusConfig {
         }
     }
 
+    /// The config described by the shared command-line arguments.
+    pub fn from_args(args: &concord_config::NatsArgs, client_name: impl Into<String>) -> Self {
+        Self {
+            url: args.nats_url.clone(),
+            client_name: client_name.into(),
+            creds: args.creds.clone(),
+            tls_ca: args.tls_ca.clone(),
+            tls_client: args.tls_cert.clone().zip(args.tls_key.clone()),
+            require_tls: args.require_tls,
+            connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+            subject_root: args.subject_root.clone(),
+        }
+    }
+
     /// The same config with another subject root.
     pub fn with_subject_root(mut self, root: impl Into<String>) -> Self {
         self.subject_root = root.into();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_bus::{Bus, BusConfig, Shutdown};
-use concord_config::{LogFormat, ServiceArgs};
+use concord_config::ServiceArgs;
 use concord_store::{DeadLetterStore, EventStore};
 use concord_telemetry::{MetricsRegistry, MetricsServer, TelemetryConfig};
 use sqlx::PgPool;
@@ -64,16 +64,7 @@ impl ServiceContext {
     ) -> Result<Self, StartupError> {
         let name = info.name;
         let nats = &args.nats;
-        let bus_config = BusConfig {
-            url: nats.nats_url.clone(),
-            client_name: name.to_string(),
-            creds: nats.creds.clone(),
-            tls_ca: nats.tls_ca.clone(),
-            tls_client: nats.tls_cert.clone().zip(nats.tls_key.clone()),
-            require_tls: nats.require_tls,
-            connect_timeout: Duration::from_secs(nats.connect_timeout_secs),
-            subject_root: nats.subject_root.clone(),
-        };
+        let bus_config = BusConfig::from_args(nats, name);
         let bus = concord_bus::connect(&bus_config).await?;
         let pool =
             concord_store::connect(&args.database.database_url, args.database.max_connections)
@@ -147,13 +138,8 @@ where
         }
     };
     let result = runtime.block_on(async move {
-        let telemetry = concord_telemetry::init(&TelemetryConfig {
-            service_name: name.to_string(),
-            json_logs: args.telemetry.log_format == LogFormat::Json,
-            log_filter: args.telemetry.log_filter.clone(),
-            otlp_endpoint: args.telemetry.otlp_endpoint.clone(),
-        })
-        .map_err(StartupError::from)?;
+        let telemetry = concord_telemetry::init(&TelemetryConfig::from_args(&args.telemetry, name))
+            .map_err(StartupError::from)?;
         tracing::info!(
             service = name,
             version = env!("CARGO_PKG_VERSION"),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use concord_bus::{BusConfig, Shutdown};
-use concord_config::{LogFormat, NatsArgs, TelemetryArgs};
+use concord_config::{NatsArgs, TelemetryArgs};
 use concord_telemetry::{MetricsRegistry, MetricsServer, TelemetryConfig};
 
 use crate::{Agent, AgentConfig};
@@ -107,16 +107,7 @@ impl AgentArgs {
     /// client name and the default display name, `version` the agent's version.
     pub fn to_config(&self, binary: &str, version: &str) -> AgentConfig {
         let nats = &self.nats;
-        let bus = BusConfig {
-            url: nats.nats_url.clone(),
-            client_name: binary.to_string(),
-            creds: nats.creds.clone(),
-            tls_ca: nats.tls_ca.clone(),
-            tls_client: nats.tls_cert.clone().zip(nats.tls_key.clone()),
-            require_tls: nats.require_tls,
-            connect_timeout: Duration::from_secs(nats.connect_timeout_secs),
-            subject_root: nats.subject_root.clone(),
-        };
+        let bus = BusConfig::from_args(nats, binary);
         let mut config = AgentConfig::new(self.name.clone().unwrap_or(binary.to_string()), bus)
             .with_version(version)
             .with_max_concurrency(self.max_concurrency)
@@ -179,13 +170,9 @@ pub fn run_main<A: Agent>(
         }
     };
     let result = runtime.block_on(async move {
-        let telemetry = concord_telemetry::init(&TelemetryConfig {
-            service_name: binary.to_string(),
-            json_logs: args.telemetry.log_format == LogFormat::Json,
-            log_filter: args.telemetry.log_filter.clone(),
-            otlp_endpoint: args.telemetry.otlp_endpoint.clone(),
-        })
-        .map_err(|error| error.to_string())?;
+        let telemetry =
+            concord_telemetry::init(&TelemetryConfig::from_args(&args.telemetry, binary))
+                .map_err(|error| error.to_string())?;
         let shutdown = Shutdown::on_signals();
         let mut config = args.to_config(binary, version);
         let metrics = match args.telemetry.metrics_addr {

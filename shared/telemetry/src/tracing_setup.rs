@@ -24,6 +24,21 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
 }
 
+impl TelemetryConfig {
+    /// The config described by the shared command-line arguments.
+    pub fn from_args(
+        args: &concord_config::TelemetryArgs,
+        service_name: impl Into<String>,
+    ) -> Self {
+        Self {
+            service_name: service_name.into(),
+            json_logs: args.log_format == concord_config::LogFormat::Json,
+            log_filter: args.log_filter.clone(),
+            otlp_endpoint: args.otlp_endpoint.clone(),
+        }
+    }
+}
+
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
