@@ -6,6 +6,11 @@
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 
+pub mod backoff;
+pub mod breaker;
+pub mod routing;
+pub mod task_spec;
+
 /// Name, description and default metrics port of the dispatcher.
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "concord-dispatcher",
