@@ -14,11 +14,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::RegistryConfig;
-use crate::directory::Directory;
 use crate::liveness::{self, TransitionKind};
-use crate::published::{DirectoryBucket, SharedDirectory};
 use crate::store::{AgentStore, ChangedRow, PendingHeartbeat, PlannedTransition};
 use crate::validate::Limits;
+use concord_directory::Directory;
+use concord_directory::{DirectoryBucket, SharedDirectory};
 
 /// Aggregate type of agent events in the event store.
 pub const AGGREGATE: &str = "agent";

@@ -10,10 +10,8 @@
 pub mod app;
 pub mod clock;
 pub mod config;
-pub mod directory;
 pub mod handlers;
 pub mod liveness;
-pub mod published;
 pub mod reputation;
 pub mod store;
 pub mod validate;
@@ -48,7 +46,7 @@ pub async fn build_with(
 
     // Load this replica's directory from the bucket before answering anything.
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    service.spawn_background(published::watch(
+    service.spawn_background(concord_directory::watch(
         registry.bucket().clone(),
         registry.directory(),
         context.shutdown.token(),

@@ -12,7 +12,7 @@ use concord_wire::v1::AgentRecord;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::directory::Directory;
+use crate::Directory;
 
 /// The shared in-memory directory of one registry process.
 pub type SharedDirectory = Arc<RwLock<Directory>>;
