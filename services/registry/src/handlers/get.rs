@@ -1,4 +1,5 @@
-//! `<root>.registry.get`: one agent by id.
+//! `<root>.registry.get`: one agent by id, read from Postgres so the last
+//! heartbeat and load are current (to within one heartbeat flush).
 
 use concord_bus::{Reply, Request, ServiceError};
 use concord_wire::v1::GetAgent;
@@ -11,22 +12,10 @@ pub async fn handle(registry: Registry, request: Request) -> Result<Reply, Servi
     if id.is_empty() {
         return Err(ServiceError::invalid("id", "must not be empty"));
     }
-    let cached = registry
-        .directory()
-        .read()
-        .expect("directory lock poisoned")
-        .get(id)
-        .cloned();
-    let record = match cached {
-        Some(record) => record,
-        None => match registry.store().get(id).await.map_err(unavailable)? {
-            Some(row) if row.deregistered_at.is_none() => row.to_record(),
-            _ => {
-                return Err(ServiceError::not_found(format!(
-                    "no registered agent with id {id}"
-                )));
-            }
-        },
-    };
-    Reply::to(&request, &record)
+    match registry.store().get(id).await.map_err(unavailable)? {
+        Some(row) if row.deregistered_at.is_none() => Reply::to(&request, &row.to_record()),
+        _ => Err(ServiceError::not_found(format!(
+            "no registered agent with id {id}"
+        ))),
+    }
 }
