@@ -60,9 +60,9 @@ pub async fn build_with(
     let subjects = &context.bus.subjects;
     let host = service.host();
     macro_rules! endpoint {
-        ($name:literal, $handler:path) => {{
+        ($add:ident, $name:literal, $handler:path) => {{
             let registry = registry.clone();
-            host.endpoint(
+            host.$add(
                 $name,
                 subjects.endpoint("registry", $name),
                 move |request| $handler(registry.clone(), request),
@@ -70,11 +70,11 @@ pub async fn build_with(
             .await?;
         }};
     }
-    endpoint!("register", handlers::register::handle);
-    endpoint!("deregister", handlers::deregister::handle);
-    endpoint!("heartbeat", handlers::heartbeat::handle);
-    endpoint!("discover", handlers::discover::handle);
-    endpoint!("get", handlers::get::handle);
+    endpoint!(endpoint, "register", handlers::register::handle);
+    endpoint!(endpoint, "deregister", handlers::deregister::handle);
+    endpoint!(endpoint_untraced, "heartbeat", handlers::heartbeat::handle);
+    endpoint!(endpoint, "discover", handlers::discover::handle);
+    endpoint!(endpoint, "get", handlers::get::handle);
 
     service.spawn_background(reputation::listen(
         registry.clone(),

@@ -212,37 +212,63 @@ impl AgentStore {
         let times: Vec<DateTime<Utc>> = batch.iter().map(|h| h.at).collect();
         let loads: Vec<i32> = batch.iter().map(|h| h.in_flight).collect();
         let health: Vec<&str> = batch.iter().map(|h| h.health.as_str_name()).collect();
-        let query = format!(
-            "with input as (
+        // Two statements in one transaction. The first locks every row of the
+        // batch in id order (so concurrent flushes from replicas cannot
+        // deadlock) and writes the common case, agents already ALIVE, without
+        // returning anything. The second revives the rare others and returns
+        // them for their `agent.recovered` events.
+        //
+        // Both run unprepared (`persistent(false)`): a cached generic plan
+        // does not know the batch size, assumes a tiny `unnest`, and joins
+        // with a nested loop that goes quadratic on thousands of rows.
+        const ALIVE: &str = "with input as (
                  select * from unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[]) as t(id, at, in_flight, health)
              ), locked as (
-                 select a.id, a.liveness as old_liveness from registry_agents a join input i on i.id = a.id
+                 select a.id from registry_agents a join input i on i.id = a.id
                  where a.deregistered_at is null order by a.id for update of a
+             )
+             update registry_agents a set
+                 last_heartbeat_at = greatest(a.last_heartbeat_at, i.at),
+                 in_flight = i.in_flight,
+                 health = i.health
+             from input i join locked l on l.id = i.id
+             where a.id = i.id and a.liveness = 'ALIVE'";
+        let revive = format!(
+            "with input as (
+                 select * from unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[]) as t(id, at, in_flight, health)
+             ), old as (
+                 select a.id, a.liveness as old_liveness from registry_agents a join input i on i.id = a.id
+                 where a.deregistered_at is null and a.liveness <> 'ALIVE'
              )
              update registry_agents a set
                  last_heartbeat_at = greatest(a.last_heartbeat_at, i.at),
                  in_flight = i.in_flight,
                  health = i.health,
                  liveness = 'ALIVE',
-                 revision = a.revision + (l.old_liveness <> 'ALIVE')::int,
-                 event_seq = a.event_seq + (l.old_liveness <> 'ALIVE')::int
-             from input i join locked l on l.id = i.id
+                 revision = a.revision + 1,
+                 event_seq = a.event_seq + 1
+             from input i join old o on o.id = i.id
              where a.id = i.id
-             returning {}, l.old_liveness",
+             returning {}, o.old_liveness",
             prefixed("a")
         );
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query_as::<_, ChangedRow>(sqlx::AssertSqlSafe(query))
+        sqlx::query(ALIVE)
+            .persistent(false)
+            .bind(&ids)
+            .bind(&times)
+            .bind(&loads)
+            .bind(&health)
+            .execute(&mut *tx)
+            .await?;
+        let changed = sqlx::query_as::<_, ChangedRow>(sqlx::AssertSqlSafe(revive))
+            .persistent(false)
             .bind(&ids)
             .bind(&times)
             .bind(&loads)
             .bind(&health)
             .fetch_all(&mut *tx)
             .await?;
-        let changed: Vec<ChangedRow> = rows
-            .into_iter()
-            .filter(|r| r.old_liveness != "ALIVE")
-            .collect();
         let events: Vec<NewEvent> = changed.iter().map(&events_for).collect();
         if !events.is_empty() {
             self.events.append_in(&mut tx, &events).await?;
@@ -301,6 +327,7 @@ impl AgentStore {
         );
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query_as::<_, ChangedRow>(sqlx::AssertSqlSafe(query))
+            .persistent(false)
             .bind(&ids)
             .bind(&from)
             .bind(&to)
@@ -342,6 +369,7 @@ impl AgentStore {
             prefixed("a")
         );
         Ok(sqlx::query_as::<_, AgentRow>(sqlx::AssertSqlSafe(query))
+            .persistent(false)
             .bind(&ids)
             .bind(&successes)
             .bind(&failures)
