@@ -33,7 +33,11 @@ pub struct Origin<'a> {
 }
 
 /// Decodes and validates a submission.
-pub fn parse(body: &[u8], origin: &Origin<'_>, limits: &TaskLimits) -> Result<TaskSpec, ServiceError> {
+pub fn parse(
+    body: &[u8],
+    origin: &Origin<'_>,
+    limits: &TaskLimits,
+) -> Result<TaskSpec, ServiceError> {
     let content_type = ContentType::from_header(origin.content_type)?;
     let task = decode(content_type, body)?;
     let intake = Intake {
@@ -70,13 +74,18 @@ pub fn derived_id(origin: &Origin<'_>) -> String {
             .to_string(),
         None => {
             let name = format!("{}:{}", origin.stream_identity, origin.stream_sequence);
-            uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).simple().to_string()
+            uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+                .simple()
+                .to_string()
         }
     }
 }
 
 fn is_token(id: &str) -> bool {
-    id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -107,12 +116,22 @@ mod tests {
     fn the_body_id_wins_then_the_msg_id_then_the_stream_position() {
         let limits = TaskLimits::default();
         let with_id = br#"{"id":"job-1","capability":"x"}"#;
-        assert_eq!(parse(with_id, &origin(Some("m-1"), 1), &limits).unwrap().id, "job-1");
+        assert_eq!(
+            parse(with_id, &origin(Some("m-1"), 1), &limits).unwrap().id,
+            "job-1"
+        );
         let without = br#"{"capability":"x"}"#;
-        assert_eq!(parse(without, &origin(Some("m-1"), 1), &limits).unwrap().id, "m-1");
+        assert_eq!(
+            parse(without, &origin(Some("m-1"), 1), &limits).unwrap().id,
+            "m-1"
+        );
         // A msg id that is not a subject token is hashed, stably.
-        let a = parse(without, &origin(Some("order.42"), 1), &limits).unwrap().id;
-        let b = parse(without, &origin(Some("order.42"), 2), &limits).unwrap().id;
+        let a = parse(without, &origin(Some("order.42"), 1), &limits)
+            .unwrap()
+            .id;
+        let b = parse(without, &origin(Some("order.42"), 2), &limits)
+            .unwrap()
+            .id;
         assert_eq!(a, b);
         assert!(is_token(&a));
         // No ids at all: the same stream position gives the same id (a
@@ -125,9 +144,19 @@ mod tests {
     #[test]
     fn priority_names_are_accepted() {
         let body = br#"{"capability":"x","priority":"critical"}"#;
-        assert_eq!(parse(body, &origin(None, 1), &TaskLimits::default()).unwrap().priority, 10);
+        assert_eq!(
+            parse(body, &origin(None, 1), &TaskLimits::default())
+                .unwrap()
+                .priority,
+            10
+        );
         let body = br#"{"capability":"x","priority":4}"#;
-        assert_eq!(parse(body, &origin(None, 1), &TaskLimits::default()).unwrap().priority, 4);
+        assert_eq!(
+            parse(body, &origin(None, 1), &TaskLimits::default())
+                .unwrap()
+                .priority,
+            4
+        );
         let body = br#"{"capability":"x","priority":"URGENT"}"#;
         let error = parse(body, &origin(None, 1), &TaskLimits::default()).unwrap_err();
         assert_eq!(error.field.as_deref(), Some("priority"));
@@ -160,10 +189,17 @@ mod tests {
         let bytes = codec::encode(ContentType::Protobuf, &task).unwrap();
         let mut from = origin(None, 1);
         from.content_type = Some("application/protobuf");
-        assert_eq!(parse(&bytes, &from, &TaskLimits::default()).unwrap().capability, "x");
+        assert_eq!(
+            parse(&bytes, &from, &TaskLimits::default())
+                .unwrap()
+                .capability,
+            "x"
+        );
         from.content_type = Some("text/plain");
         assert_eq!(
-            parse(&bytes, &from, &TaskLimits::default()).unwrap_err().code,
+            parse(&bytes, &from, &TaskLimits::default())
+                .unwrap_err()
+                .code,
             ErrorCode::UnsupportedContentType
         );
     }

@@ -8,6 +8,7 @@ use concord_bus::ServiceError;
 use concord_runtime::ServiceContext;
 use concord_store::NewEvent;
 use concord_wire::v1::{AgentRecord, Liveness};
+use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +20,9 @@ use crate::store::{AgentStore, ChangedRow, PendingHeartbeat, PlannedTransition};
 use crate::validate::Limits;
 use concord_directory::Directory;
 use concord_directory::{DirectoryBucket, SharedDirectory};
+
+/// Directory bucket writes kept in flight at once.
+const BUCKET_WRITES_IN_FLIGHT: usize = 64;
 
 /// Aggregate type of agent events in the event store.
 pub const AGGREGATE: &str = "agent";
@@ -135,11 +139,15 @@ impl Registry {
     /// After a commit: publish the events, update the bucket and the local copy.
     pub async fn announce(&self, events: &[NewEvent], records: &[AgentRecord], removed: &[String]) {
         self.inner.context.events.publish_committed(events).await;
-        for record in records {
-            if let Err(error) = self.inner.bucket.publish(record).await {
-                tracing::error!(%error, agent = %record.id, "directory bucket not updated; the next change or restart republishes it");
-            }
-        }
+        // Each publish is a read and a conditional write on the bucket; a
+        // sweep after an outage or a startup reconcile can carry thousands.
+        futures::stream::iter(records)
+            .for_each_concurrent(BUCKET_WRITES_IN_FLIGHT, |record| async move {
+                if let Err(error) = self.inner.bucket.publish(record).await {
+                    tracing::error!(%error, agent = %record.id, "directory bucket not updated; the next change or restart republishes it");
+                }
+            })
+            .await;
         for id in removed {
             if let Err(error) = self.inner.bucket.remove(id).await {
                 tracing::error!(%error, agent = %id, "could not remove agent from the directory bucket");
