@@ -8,6 +8,7 @@
 //! (after a crash) gets the same id and is recognised as the same task.
 
 use concord_bus::ServiceError;
+use concord_bus::validate::is_token;
 use concord_wire::codec::{self, CodecError, ContentType};
 use concord_wire::v1::Task;
 
@@ -68,7 +69,7 @@ fn decode(content_type: ContentType, body: &[u8]) -> Result<Task, ServiceError> 
 /// The id of a task whose body has none.
 pub fn derived_id(origin: &Origin<'_>) -> String {
     match origin.msg_id.map(str::trim).filter(|id| !id.is_empty()) {
-        Some(msg_id) if is_token(msg_id) => msg_id.to_string(),
+        Some(msg_id) if is_token(msg_id) && msg_id.len() <= 128 => msg_id.to_string(),
         Some(msg_id) => uuid::Uuid::new_v5(&ID_NAMESPACE, msg_id.as_bytes())
             .simple()
             .to_string(),
@@ -79,13 +80,6 @@ pub fn derived_id(origin: &Origin<'_>) -> String {
                 .to_string()
         }
     }
-}
-
-fn is_token(id: &str) -> bool {
-    id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

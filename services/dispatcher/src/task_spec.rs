@@ -40,6 +40,7 @@
 use std::collections::BTreeMap;
 
 use concord_bus::ServiceError;
+use concord_bus::validate::{LabelLimits, check_labels, check_text, check_token, is_token};
 use concord_wire::pbjson_types::{Timestamp, Value};
 use concord_wire::v1::{ErrorCode, RoutingStrategy, Task};
 
@@ -515,94 +516,13 @@ fn validate_labels(
     labels: &BTreeMap<String, String>,
     limits: &TaskLimits,
 ) -> Result<(), ServiceError> {
-    if labels.len() > limits.max_labels {
-        return Err(ServiceError::invalid(
-            "labels",
-            format!(
-                "must have at most {} entries, got {}",
-                limits.max_labels,
-                labels.len()
-            ),
-        ));
-    }
-    for (key, value) in labels {
-        check_label_key(key, limits.max_label_key_chars)?;
-        check_text(
-            &format!("labels.{key}"),
-            value,
-            limits.max_label_value_chars,
-        )?;
-    }
-    Ok(())
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// A non-empty NATS subject token of at most `max_chars`.
-fn check_token(field: &str, value: &str, max_chars: usize) -> Result<(), ServiceError> {
-    if value.is_empty() {
-        return Err(ServiceError::invalid(field, "must not be empty"));
-    }
-    if !is_token(value) {
-        return Err(ServiceError::invalid(
-            field,
-            "must contain only ASCII letters, digits, '-' and '_'",
-        ));
-    }
-    // All ASCII now, so bytes are characters.
-    if value.len() > max_chars {
-        return Err(too_long(field, max_chars, value.len()));
-    }
-    Ok(())
-}
-
-/// Free text of at most `max_chars`, without control characters.
-fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ServiceError> {
-    let chars = value.chars().count();
-    if chars > max_chars {
-        return Err(too_long(field, max_chars, chars));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ServiceError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// A label key, with the registry's rules. A bad key cannot make a usable
-/// field path, so the error names the map and quotes a prefix of the key.
-fn check_label_key(key: &str, max_chars: usize) -> Result<(), ServiceError> {
-    let allowed = |c: char| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-' | '/')
-    };
-    let problem = if key.is_empty() {
-        "must not be empty".to_string()
-    } else if !key.chars().all(allowed) {
-        "must contain only lowercase ASCII letters, digits, '_', '.', '-' and '/'".to_string()
-    } else if key.len() > max_chars {
-        // The allowed characters are all ASCII.
-        format!("must be at most {max_chars} characters, got {}", key.len())
-    } else {
-        return Ok(());
-    };
-    let shown: String = key.chars().take(64).collect();
-    let ellipsis = if shown.len() < key.len() { "..." } else { "" };
-    Err(ServiceError::invalid(
-        "labels",
-        format!("key {shown:?}{ellipsis} {problem}"),
-    ))
-}
-
-fn too_long(field: &str, max_chars: usize, chars: usize) -> ServiceError {
-    ServiceError::invalid(
-        field,
-        format!("must be at most {max_chars} characters, got {chars}"),
+    check_labels(
+        labels,
+        &LabelLimits {
+            max_labels: limits.max_labels,
+            max_key_chars: limits.max_label_key_chars,
+            max_value_chars: limits.max_label_value_chars,
+        },
     )
 }
 

@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use concord_bus::ServiceError;
+use concord_bus::validate::{LabelLimits, check_labels, check_map_key, check_text, check_token};
 use concord_wire::v1::{AgentHealth, AgentRecord, Capability, ErrorCode, Heartbeat, RegisterAgent};
 
 /// Size limits applied by [`validate_registration`] and [`validate_heartbeat`].
@@ -257,7 +258,7 @@ pub fn validate_heartbeat(
         ));
     }
     for (key, value) in &msg.performance {
-        check_key(
+        check_map_key(
             "performance",
             key,
             limits.max_performance_key_chars,
@@ -350,31 +351,14 @@ fn validate_level(field: &str, level: f64) -> Result<f64, ServiceError> {
 }
 
 fn validate_labels(labels: &BTreeMap<String, String>, limits: &Limits) -> Result<(), ServiceError> {
-    if labels.len() > limits.max_labels {
-        return Err(ServiceError::invalid(
-            "labels",
-            format!(
-                "must have at most {} entries, got {}",
-                limits.max_labels,
-                labels.len()
-            ),
-        ));
-    }
-    for (key, value) in labels {
-        check_key(
-            "labels",
-            key,
-            limits.max_label_key_chars,
-            |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-' | '/'),
-            "lowercase ASCII letters, digits, '_', '.', '-' and '/'",
-        )?;
-        check_text(
-            &format!("labels.{key}"),
-            value,
-            limits.max_label_value_chars,
-        )?;
-    }
-    Ok(())
+    check_labels(
+        labels,
+        &LabelLimits {
+            max_labels: limits.max_labels,
+            max_key_chars: limits.max_label_key_chars,
+            max_value_chars: limits.max_label_value_chars,
+        },
+    )
 }
 
 fn decode_public_key(encoded: &str) -> Result<[u8; PUBLIC_KEY_LEN], ServiceError> {
@@ -385,78 +369,6 @@ fn decode_public_key(encoded: &str) -> Result<[u8; PUBLIC_KEY_LEN], ServiceError
         .ok_or_else(|| {
             ServiceError::invalid("publicKey", "must be base64 of a 32-byte ed25519 key")
         })
-}
-
-/// A non-empty subject token of at most `max_chars`.
-fn check_token(field: &str, value: &str, max_chars: usize) -> Result<(), ServiceError> {
-    if !value.bytes().all(is_token_byte) {
-        return Err(ServiceError::invalid(
-            field,
-            "must contain only ASCII letters, digits, '-' and '_'",
-        ));
-    }
-    // All ASCII now, so bytes are characters.
-    if value.len() > max_chars {
-        return Err(too_long(field, max_chars, value.len()));
-    }
-    Ok(())
-}
-
-/// Free text of at most `max_chars`, without control characters.
-fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ServiceError> {
-    let chars = value.chars().count();
-    if chars > max_chars {
-        return Err(too_long(field, max_chars, chars));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ServiceError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// A map key. A bad key cannot make a usable field path (and may be long or
-/// unprintable), so the error names the map and quotes a prefix of the key.
-fn check_key(
-    map_field: &str,
-    key: &str,
-    max_chars: usize,
-    allowed: impl Fn(char) -> bool,
-    allowed_text: &str,
-) -> Result<(), ServiceError> {
-    let problem = if key.is_empty() {
-        Some("must not be empty".to_string())
-    } else if !key.chars().all(allowed) {
-        Some(format!("must contain only {allowed_text}"))
-    } else if key.len() > max_chars {
-        // The allowed characters are all ASCII.
-        Some(format!(
-            "must be at most {max_chars} characters, got {}",
-            key.len()
-        ))
-    } else {
-        None
-    };
-    match problem {
-        None => Ok(()),
-        Some(problem) => {
-            let shown: String = key.chars().take(64).collect();
-            let ellipsis = if shown.len() < key.len() { "..." } else { "" };
-            Err(ServiceError::invalid(
-                map_field,
-                format!("key {shown:?}{ellipsis} {problem}"),
-            ))
-        }
-    }
-}
-
-fn too_long(field: &str, max_chars: usize, chars: usize) -> ServiceError {
-    ServiceError::invalid(
-        field,
-        format!("must be at most {max_chars} characters, got {chars}"),
-    )
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod service;
 mod shutdown;
 mod subjects;
+pub mod validate;
 
 pub use connect::{Bus, BusConfig, ConnectError, connect};
 pub use error::ServiceError;
