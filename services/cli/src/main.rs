@@ -1,6 +1,7 @@
 //! `concord`: the operator CLI. Talks to the services over NATS and reads the
 //! event store and dead letters in Postgres.
 
+mod agents;
 mod dlq;
 mod events;
 mod ping;
@@ -29,6 +30,9 @@ enum Command {
     Ping(ping::PingArgs),
     /// Show each running service's endpoints (`$SRV.INFO`).
     Services(ping::ServicesArgs),
+    /// List, show and deregister agents (the registry's directory).
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
     /// Watch or replay events.
     #[command(subcommand)]
     Events(events::EventsCommand),
@@ -59,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ping(args) => ping::ping(&connect(&cli.nats).await?, args).await,
         Command::Services(args) => ping::services(&connect(&cli.nats).await?, args).await,
+        Command::Agents(command) => agents::run(&connect(&cli.nats).await?, command).await,
         Command::Events(command) => events::run(&cli.nats, &cli.database, command).await,
         Command::Dlq(command) => dlq::run(&cli.nats, &cli.database, command).await,
         Command::Migrate => {
