@@ -9,6 +9,7 @@ use concord_runtime::{Service, ServiceContext, ServiceInfo};
 pub mod backoff;
 pub mod breaker;
 pub mod routing;
+pub mod streams;
 pub mod submission;
 pub mod task_spec;
 
