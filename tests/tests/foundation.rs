@@ -188,7 +188,20 @@ async fn invalid_input_gets_an_error_naming_the_field_and_is_dead_lettered() -> 
         ErrorCode::UnsupportedContentType
     );
 
-    // All four are kept as dead letters with the raw bytes and the reason.
+    // Each is kept as a dead letter after its reply went out; the
+    // dead_letter.created event follows the stored letter, so wait for those.
+    for _ in 0..4 {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await?
+            .unwrap();
+        assert!(
+            event.subject.ends_with(".events.dead_letter.created"),
+            "{}",
+            event.subject
+        );
+    }
+    // All four are kept with the raw bytes and the reason, and the events are
+    // in the store too.
     let letters = context
         .dead_letters
         .list(&DeadLetterFilter {
@@ -209,17 +222,6 @@ async fn invalid_input_gets_an_error_naming_the_field_and_is_dead_lettered() -> 
             .any(|l| l.headers.get("Content-Type").map(String::as_str) == Some("text/xml"))
     );
 
-    // ... and each produced a dead_letter.created event, on NATS and in the store.
-    for _ in 0..4 {
-        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await?
-            .unwrap();
-        assert!(
-            event.subject.ends_with(".events.dead_letter.created"),
-            "{}",
-            event.subject
-        );
-    }
     let stored = EventStore::new(context.pool.clone())
         .replay(&concord_store::ReplayFilter {
             aggregate_type: Some("dead_letter".into()),

@@ -246,13 +246,26 @@ async fn bad_registrations_name_the_field_store_nothing_and_are_dead_lettered() 
         ErrorCode::NotFound
     );
     assert!(agent_events(&world, "bad1").await.is_empty());
-    let letters = running
-        .registry
-        .context()
-        .dead_letters
-        .list(&DeadLetterFilter::default())
-        .await?;
-    assert_eq!(letters.len(), cases.len());
+    // Dead letters are written right after each error reply went out.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let letters = running
+            .registry
+            .context()
+            .dead_letters
+            .list(&DeadLetterFilter::default())
+            .await?;
+        if letters.len() == cases.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {} dead letters, found {}",
+            cases.len(),
+            letters.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     running.stop().await;
     Ok(())
 }

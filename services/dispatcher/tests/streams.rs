@@ -19,6 +19,12 @@ async fn intake_captures_submissions_once_and_durably() -> anyhow::Result<()> {
     streams::ensure(&js, &subjects).await?;
 
     let body = br#"{"capability":"summarize","payload":{"text":"hi"}}"#;
+    // A plain publish without an id (what `nats pub` does) is captured too. It goes
+    // first: the acknowledged publishes below are stored after it.
+    client
+        .publish(subjects.tasks_submit(), bytes::Bytes::from_static(body))
+        .await?;
+    client.flush().await?;
     for _ in 0..2 {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", "order-42");
@@ -32,11 +38,6 @@ async fn intake_captures_submissions_once_and_durably() -> anyhow::Result<()> {
             .await?;
         assert_eq!(ack.stream, streams::stream_name(&subjects));
     }
-    // A plain publish without an id (what `nats pub` does) is captured too.
-    client
-        .publish(subjects.tasks_submit(), bytes::Bytes::from_static(body))
-        .await?;
-    client.flush().await?;
 
     let info = stream.info().await?;
     assert_eq!(

@@ -210,13 +210,32 @@ impl Registry {
             return Ok(0);
         }
         let count = batch.len();
-        let (changed, events) = self
+        let result = self
             .inner
             .store
-            .apply_heartbeats(batch, |row| {
+            .apply_heartbeats(batch.clone(), |row| {
                 self.transition_event(row, TransitionKind::Recovered)
             })
-            .await?;
+            .await;
+        let (changed, events) = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // Keep the heartbeats for the next flush (a newer one for the
+                // same agent wins): dropping them would make a Postgres
+                // restart look like every agent went silent.
+                let mut buffer = self
+                    .inner
+                    .heartbeats
+                    .lock()
+                    .expect("heartbeat lock poisoned");
+                for heartbeat in batch {
+                    buffer
+                        .entry(heartbeat.agent_id.clone())
+                        .or_insert(heartbeat);
+                }
+                return Err(error.into());
+            }
+        };
         self.after_transitions(&changed, &events, TransitionKind::Recovered)
             .await;
         Ok(count)
@@ -230,11 +249,17 @@ impl Registry {
         let policy = self.inner.config.liveness;
         let now = self.inner.config.clock.now();
         let suspect_after = policy.heartbeat_interval * policy.suspect_after_missed;
-        let before = now - chrono::Duration::from_std(suspect_after)?;
+        let unavailable_after = policy.heartbeat_interval * policy.unavailable_after_missed;
+        let suspect_before = now - chrono::Duration::from_std(suspect_after)?;
+        let unavailable_before = now - chrono::Duration::from_std(unavailable_after)?;
         let now_ms = now.timestamp_millis().max(0) as u64;
         let mut total = 0;
         loop {
-            let stale = self.inner.store.stale(before, 1000).await?;
+            let stale = self
+                .inner
+                .store
+                .stale(suspect_before, unavailable_before, 1000)
+                .await?;
             let planned: Vec<PlannedTransition> = stale
                 .iter()
                 .filter_map(|row| {

@@ -49,7 +49,7 @@ pub async fn build_with(
     service.spawn_background(concord_directory::watch(
         registry.bucket().clone(),
         registry.directory(),
-        context.shutdown.token(),
+        service.background_token(),
         ready_tx,
     ));
     let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
@@ -79,10 +79,10 @@ pub async fn build_with(
     service.spawn_background(reputation::listen(
         registry.clone(),
         context.bus.clone(),
-        context.shutdown.token(),
+        service.background_token(),
     ));
     if registry.config().background {
-        service.spawn_background(background(registry.clone(), context.shutdown.token()));
+        service.spawn_background(background(registry.clone(), service.background_token()));
     }
     Ok((service, registry))
 }

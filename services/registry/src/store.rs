@@ -277,19 +277,26 @@ impl AgentStore {
         Ok((changed, events))
     }
 
-    /// Live agents whose last heartbeat is older than `before`.
+    /// Agents due for a liveness change: not yet SUSPECT with a heartbeat
+    /// older than `suspect_before`, or SUSPECT with one older than
+    /// `unavailable_before`. Only due rows, so a page full of agents that are
+    /// already SUSPECT cannot hide others that are due.
     pub async fn stale(
         &self,
-        before: DateTime<Utc>,
+        suspect_before: DateTime<Utc>,
+        unavailable_before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<AgentRow>, StoreError> {
         let query = format!(
             "select {COLUMNS} from registry_agents
-             where deregistered_at is null and liveness <> 'UNAVAILABLE' and last_heartbeat_at < $1
-             order by last_heartbeat_at limit $2"
+             where deregistered_at is null and liveness <> 'UNAVAILABLE'
+               and ((liveness <> 'SUSPECT' and last_heartbeat_at < $1)
+                 or (liveness = 'SUSPECT' and last_heartbeat_at < $2))
+             order by last_heartbeat_at limit $3"
         );
         Ok(sqlx::query_as::<_, AgentRow>(sqlx::AssertSqlSafe(query))
-            .bind(before)
+            .bind(suspect_before)
+            .bind(unavailable_before)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
@@ -356,7 +363,8 @@ impl AgentStore {
             "with input as (
                  select * from unnest($1::text[], $2::int8[], $3::int8[]) as t(id, s, f)
              ), locked as (
-                 select a.id from registry_agents a join input i on i.id = a.id order by a.id for update of a
+                 select a.id from registry_agents a join input i on i.id = a.id
+                 where a.deregistered_at is null order by a.id for update of a
              )
              update registry_agents a set
                  successes = a.successes + i.s,

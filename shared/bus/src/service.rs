@@ -406,6 +406,7 @@ impl EndpointContext {
         };
         span.record("outcome", outcome);
 
+        let mut rejected = None;
         let (payload, reply_headers) = match result {
             Ok(reply) => {
                 let mut reply_headers = HeaderMap::new();
@@ -423,7 +424,7 @@ impl EndpointContext {
                 let content_type = request.content_type().unwrap_or(ContentType::Json);
                 let reply = error_reply(&error, content_type);
                 if error.is_bad_input() {
-                    self.keep_rejected(&request, error).await;
+                    rejected = Some(error);
                 }
                 reply
             }
@@ -434,6 +435,11 @@ impl EndpointContext {
                 .await
         {
             tracing::warn!(parent: &span, %error, "could not send reply");
+        }
+        // The reply goes out first: keeping the dead letter needs Postgres,
+        // which must not delay (or, when down, withhold) the error reply.
+        if let Some(error) = rejected {
+            self.keep_rejected(&request, error).await;
         }
         if outcome == "ok" {
             self.ok.inc();
@@ -463,12 +469,24 @@ impl EndpointContext {
     }
 }
 
+/// Longest `Nats-Service-Error` header value.
+const MAX_ERROR_HEADER_CHARS: usize = 512;
+
 /// The body and headers of an error reply.
 pub fn error_reply(error: &ServiceError, content_type: ContentType) -> (Bytes, HeaderMap) {
     let mut reply_headers = HeaderMap::new();
     reply_headers.insert(headers::CONTENT_TYPE, content_type.as_str());
-    // Header values cannot hold line breaks.
-    let description = error.message.replace(['\r', '\n'], " ");
+    // Header values cannot hold line breaks; keep the header short (the body
+    // has the whole message) so an error about a huge field still fits.
+    let mut description: String = error
+        .message
+        .chars()
+        .take(MAX_ERROR_HEADER_CHARS)
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    if error.message.chars().count() > MAX_ERROR_HEADER_CHARS {
+        description.push_str("...");
+    }
     reply_headers.insert(headers::SERVICE_ERROR, description.as_str());
     reply_headers.insert(
         headers::SERVICE_ERROR_CODE,

@@ -4,6 +4,7 @@
 use std::future::Future;
 
 use concord_bus::{ServiceHost, ServiceSpec};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ServiceContext;
@@ -13,6 +14,7 @@ pub struct Service {
     context: ServiceContext,
     host: ServiceHost,
     background: TaskTracker,
+    background_stop: CancellationToken,
 }
 
 impl Service {
@@ -25,6 +27,7 @@ impl Service {
             context,
             host,
             background: TaskTracker::new(),
+            background_stop: CancellationToken::new(),
         })
     }
 
@@ -38,9 +41,16 @@ impl Service {
         &self.context
     }
 
+    /// The token that tells background tasks to stop: cancelled only after
+    /// the endpoints have drained, so work accepted during the drain (a
+    /// buffered heartbeat) is still written by the task's last batch.
+    pub fn background_token(&self) -> CancellationToken {
+        self.background_stop.clone()
+    }
+
     /// Runs a background task (a sweep, a subscription) that must end when
-    /// the shutdown token trips; shutdown waits for it before closing the
-    /// connections, so it can still write its last batch.
+    /// [`Service::background_token`] is cancelled; shutdown waits for it
+    /// before closing the connections.
     pub fn spawn_background<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -55,6 +65,7 @@ impl Service {
         self.context.shutdown.triggered().await;
         tracing::info!(service = self.context.info.name, "draining");
         self.host.shutdown(self.context.shutdown_grace).await;
+        self.background_stop.cancel();
         self.background.close();
         if tokio::time::timeout(self.context.shutdown_grace, self.background.wait())
             .await

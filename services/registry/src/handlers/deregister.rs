@@ -1,6 +1,7 @@
 //! `<root>.registry.deregister`: remove an agent (soft delete: its id, key and
 //! event sequence are kept for a later re-registration).
 
+use concord_bus::validate::check_token;
 use concord_bus::{Reply, Request, ServiceError};
 use concord_wire::v1::{DeregisterAgent, DeregisterAgentReply, Liveness};
 
@@ -10,9 +11,7 @@ use crate::store::{AgentRow, ModifyError};
 pub async fn handle(registry: Registry, request: Request) -> Result<Reply, ServiceError> {
     let message: DeregisterAgent = request.decode()?;
     let id = message.id.trim().to_string();
-    if id.is_empty() {
-        return Err(ServiceError::invalid("id", "must not be empty"));
-    }
+    check_token("id", &id, registry.limits().max_id_chars)?;
     let now = registry.config().clock.now();
     let outcome = registry.store().modify(&id, |current| {
         let Some(existing) = current.filter(|row| row.deregistered_at.is_none()) else {
