@@ -404,7 +404,25 @@ async fn deregistered_agents_are_gone_and_may_register_again() -> anyhow::Result
         .jetstream()
         .get_key_value(bus.subjects.stream_name("agents"))
         .await?;
-    assert!(kv.get("d1").await?.is_none());
+    // The bucket keeps a tombstone at the deregistration's revision, so an
+    // older record published late cannot bring the agent back.
+    let tombstone: AgentRecord = serde_json::from_slice(&kv.get("d1").await?.unwrap())?;
+    assert!(tombstone.deregistered);
+    let mut stale = tombstone.clone();
+    stale.deregistered = false;
+    stale.revision -= 1;
+    running.registry.bucket().publish(&stale).await?;
+    let still: AgentRecord = serde_json::from_slice(&kv.get("d1").await?.unwrap())?;
+    assert!(still.deregistered, "an older record replaced the tombstone");
+    assert!(
+        running
+            .registry
+            .directory()
+            .read()
+            .unwrap()
+            .get("d1")
+            .is_none()
+    );
 
     // Registering again continues the agent's history.
     assert!(register(&bus, &registration("d1")).await?.created);

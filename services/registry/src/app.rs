@@ -137,10 +137,12 @@ impl Registry {
     }
 
     /// After a commit: publish the events, update the bucket and the local copy.
-    pub async fn announce(&self, events: &[NewEvent], records: &[AgentRecord], removed: &[String]) {
+    pub async fn announce(&self, events: &[NewEvent], records: &[AgentRecord]) {
         self.inner.context.events.publish_committed(events).await;
         // Each publish is a read and a conditional write on the bucket; a
         // sweep after an outage or a startup reconcile can carry thousands.
+        // Tombstones (`deregistered`) go the same way, so the revision guard
+        // orders them with everything else.
         futures::stream::iter(records)
             .for_each_concurrent(BUCKET_WRITES_IN_FLIGHT, |record| async move {
                 if let Err(error) = self.inner.bucket.publish(record).await {
@@ -148,11 +150,6 @@ impl Registry {
                 }
             })
             .await;
-        for id in removed {
-            if let Err(error) = self.inner.bucket.remove(id).await {
-                tracing::error!(%error, agent = %id, "could not remove agent from the directory bucket");
-            }
-        }
         let mut directory = self
             .inner
             .directory
@@ -160,9 +157,6 @@ impl Registry {
             .expect("directory lock poisoned");
         for record in records {
             directory.upsert_if_newer(record.clone());
-        }
-        for id in removed {
-            directory.remove(id);
         }
         self.inner.metrics.agents.set(directory.len() as i64);
     }
@@ -312,7 +306,6 @@ impl Registry {
                     .iter()
                     .map(|r| r.row.to_record())
                     .collect::<Vec<_>>(),
-                &[],
             )
             .await;
             if stale.len() < 1000 || changed.is_empty() {
@@ -352,7 +345,7 @@ impl Registry {
             })
             .inc_by(changed.len() as u64);
         let records: Vec<AgentRecord> = changed.iter().map(|r| r.row.to_record()).collect();
-        self.announce(events, &records, &[]).await;
+        self.announce(events, &records).await;
     }
 
     /// Counts a task outcome for an agent's reputation.
@@ -377,16 +370,17 @@ impl Registry {
         }
         let rows = self.inner.store.add_outcomes(batch).await?;
         let records: Vec<AgentRecord> = rows.iter().map(|r| r.to_record()).collect();
-        self.announce(&[], &records, &[]).await;
+        self.announce(&[], &records).await;
         Ok(rows.len())
     }
 
-    /// Publishes every registered agent to the bucket (those already there at
-    /// the same revision are skipped): heals a bucket that missed writes.
+    /// Publishes every agent to the bucket, deregistered ones as tombstones
+    /// (those already there at the same revision are skipped): heals a bucket
+    /// that missed writes.
     pub async fn reconcile(&self) -> anyhow::Result<usize> {
-        let rows = self.inner.store.all_registered().await?;
+        let rows = self.inner.store.all().await?;
         let records: Vec<AgentRecord> = rows.iter().map(|r| r.to_record()).collect();
-        self.announce(&[], &records, &[]).await;
+        self.announce(&[], &records).await;
         Ok(records.len())
     }
 }

@@ -48,6 +48,7 @@ impl AgentRow {
         record.reputation = self.reputation;
         record.revision = self.revision.max(0) as u64;
         record.last_heartbeat_at = self.last_heartbeat_at.map(timestamp);
+        record.deregistered = self.deregistered_at.is_some();
         record
     }
 
@@ -78,6 +79,7 @@ pub fn record_json(record: &AgentRecord) -> serde_json::Value {
     stored.reputation = 0.0;
     stored.revision = 0;
     stored.last_heartbeat_at = None;
+    stored.deregistered = false;
     serde_json::to_value(&stored).expect("an AgentRecord with validated fields serializes")
 }
 
@@ -127,11 +129,9 @@ impl AgentStore {
             .await?)
     }
 
-    /// Every registered (not deregistered) agent, for loading a directory.
-    pub async fn all_registered(&self) -> Result<Vec<AgentRow>, StoreError> {
-        let query = format!(
-            "select {COLUMNS} from registry_agents where deregistered_at is null order by id"
-        );
+    /// Every agent, deregistered ones included (they become tombstones).
+    pub async fn all(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let query = format!("select {COLUMNS} from registry_agents order by id");
         Ok(sqlx::query_as::<_, AgentRow>(sqlx::AssertSqlSafe(query))
             .fetch_all(&self.pool)
             .await?)

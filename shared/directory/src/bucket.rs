@@ -97,10 +97,12 @@ impl DirectoryBucket {
         )
     }
 
-    /// Removes a deregistered agent.
-    pub async fn remove(&self, id: &str) -> anyhow::Result<()> {
-        self.kv.delete(id).await?;
-        Ok(())
+    /// Removes a deregistered agent by publishing its tombstone (a record
+    /// with `deregistered` set, at the deregistration's revision), so the
+    /// revision guard of [`DirectoryBucket::publish`] keeps older records out.
+    pub async fn remove(&self, tombstone: &AgentRecord) -> anyhow::Result<()> {
+        debug_assert!(tombstone.deregistered, "remove takes a tombstone");
+        self.publish(tombstone).await
     }
 }
 
@@ -152,6 +154,7 @@ fn apply(directory: &SharedDirectory, entry: &kv::Entry) {
     let mut directory = directory.write().expect("directory lock poisoned");
     match entry.operation {
         Operation::Put => match codec::decode::<AgentRecord>(ContentType::Json, &entry.value) {
+            // Tombstones (`deregistered`) remove the agent.
             Ok(record) => {
                 directory.upsert_if_newer(record);
             }

@@ -43,6 +43,9 @@ pub struct Directory {
     by_capability: HashMap<String, Ids>,
     by_label: HashMap<String, HashMap<String, Ids>>,
     by_liveness: HashMap<i32, Ids>,
+    /// Revision at which each deregistered agent was removed: an older
+    /// record arriving late must not bring it back.
+    tombstones: HashMap<String, u64>,
 }
 
 /// One page of discovery results, borrowed from the directory.
@@ -106,14 +109,37 @@ impl Directory {
     /// with this id or an older one (lower `revision`): what a copy fed by an
     /// update stream uses, so a late or repeated update cannot roll it back.
     /// Returns whether the record was stored.
+    /// A record with `deregistered` set removes the agent (see
+    /// [`remove_at`](Self::remove_at)).
     pub fn upsert_if_newer(&mut self, record: AgentRecord) -> bool {
         if let Some(current) = self.agents.get(&record.id)
             && current.revision >= record.revision
         {
             return false;
         }
+        if self
+            .tombstones
+            .get(&record.id)
+            .is_some_and(|removed_at| *removed_at >= record.revision)
+        {
+            return false;
+        }
+        if record.deregistered {
+            self.remove_at(&record.id, record.revision);
+            return true;
+        }
+        self.tombstones.remove(&record.id);
         self.upsert(record);
         true
+    }
+
+    /// Removes the agent deregistered at `revision`, and remembers it so that
+    /// records up to that revision are refused by
+    /// [`upsert_if_newer`](Self::upsert_if_newer).
+    pub fn remove_at(&mut self, id: &str, revision: u64) -> Option<AgentRecord> {
+        let removed_at = self.tombstones.entry(id.to_string()).or_default();
+        *removed_at = (*removed_at).max(revision);
+        self.remove(id)
     }
 
     /// Removes the agent with this id, returning its record.
@@ -370,6 +396,29 @@ pub fn decode_page_token(token: &str) -> Result<String, ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tombstones_keep_older_records_out() {
+        let mut directory = Directory::new();
+        let mut record = AgentRecord {
+            id: "a1".into(),
+            revision: 3,
+            ..Default::default()
+        };
+        assert!(directory.upsert_if_newer(record.clone()));
+        let mut tombstone = record.clone();
+        tombstone.revision = 4;
+        tombstone.deregistered = true;
+        assert!(directory.upsert_if_newer(tombstone));
+        assert!(directory.get("a1").is_none());
+        // A late record from before the deregistration is refused...
+        assert!(!directory.upsert_if_newer(record.clone()));
+        assert!(directory.get("a1").is_none());
+        // ... a re-registration (newer revision) is not.
+        record.revision = 5;
+        assert!(directory.upsert_if_newer(record));
+        assert!(directory.get("a1").is_some());
+    }
     use concord_wire::v1::{Capability, ErrorCode};
 
     fn record(id: &str, capabilities: &[(&str, f64)], liveness: Liveness) -> AgentRecord {

@@ -38,7 +38,7 @@ pub async fn handle(registry: Registry, request: Request) -> Result<Reply, Servi
     match outcome.await {
         Ok((record, events)) => {
             registry
-                .announce(&events, &[], std::slice::from_ref(&record.id))
+                .announce(&events, std::slice::from_ref(&record))
                 .await;
             Reply::to(
                 &request,

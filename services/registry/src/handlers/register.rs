@@ -75,7 +75,7 @@ pub async fn handle(registry: Registry, request: Request) -> Result<Reply, Servi
         match outcome.await {
             Ok(((record, created), events)) => {
                 registry
-                    .announce(&events, std::slice::from_ref(&record), &[])
+                    .announce(&events, std::slice::from_ref(&record))
                     .await;
                 return Reply::to(
                     &request,
