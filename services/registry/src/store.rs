@@ -187,10 +187,7 @@ impl AgentStore {
                 return Err(StoreError::from(error).into());
             }
         }
-        if !events.is_empty() {
-            self.events.append_in(&mut tx, &events).await?;
-        }
-        tx.commit().await.map_err(StoreError::from)?;
+        self.commit_with_events(tx, &events).await?;
         Ok((output, events))
     }
 
@@ -270,10 +267,7 @@ impl AgentStore {
             .fetch_all(&mut *tx)
             .await?;
         let events: Vec<NewEvent> = changed.iter().map(&events_for).collect();
-        if !events.is_empty() {
-            self.events.append_in(&mut tx, &events).await?;
-        }
-        tx.commit().await?;
+        self.commit_with_events(tx, &events).await?;
         Ok((changed, events))
     }
 
@@ -342,10 +336,7 @@ impl AgentStore {
             .fetch_all(&mut *tx)
             .await?;
         let events: Vec<NewEvent> = changed.iter().map(&events_for).collect();
-        if !events.is_empty() {
-            self.events.append_in(&mut tx, &events).await?;
-        }
-        tx.commit().await?;
+        self.commit_with_events(tx, &events).await?;
         Ok((changed, events))
     }
 
@@ -383,6 +374,22 @@ impl AgentStore {
             .bind(&failures)
             .fetch_all(&self.pool)
             .await?)
+    }
+}
+
+impl AgentStore {
+    /// Appends `events` in the transaction that made the change, then commits
+    /// both: an agent's state and its events are never stored apart.
+    async fn commit_with_events(
+        &self,
+        mut tx: concord_store::Transaction<'static, concord_store::Postgres>,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
+        if !events.is_empty() {
+            self.events.append_in(&mut tx, events).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -130,9 +130,9 @@ fn unreachable_hint(err: StoreError) -> anyhow::Error {
 }
 
 /// `url` with its database (path) replaced by `database`, keeping any query string.
-fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     let Some(scheme_end) = url.find("://") else {
-        bail!("CONCORD_TEST_DATABASE_URL is not a postgres:// URL");
+        bail!("database URL {url:?} is not a postgres:// URL");
     };
     let (base, query) = match url.find('?') {
         Some(q) => url.split_at(q),
@@ -162,6 +162,18 @@ mod tests {
         assert_eq!(
             with_database("postgres://u:p@h/postgres?sslmode=disable", "x").unwrap(),
             "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1:5433/concord", "x").unwrap(),
+            "postgres://u:p@127.0.0.1:5433/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/concord?sslmode=disable", "x").unwrap(),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "x").unwrap(),
+            "postgres://h:5432/x"
         );
         assert!(with_database("nonsense", "x").is_err());
     }

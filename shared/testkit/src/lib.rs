@@ -16,5 +16,5 @@
 mod database;
 mod nats;
 
-pub use database::{DEFAULT_TEST_DATABASE_URL, TestDatabase};
+pub use database::{DEFAULT_TEST_DATABASE_URL, TestDatabase, with_database};
 pub use nats::NatsServer;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_nats::{Client, ConnectOptions};
+use concord_testkit::with_database;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// Timeout of every request the benchmarks send.
@@ -74,27 +75,6 @@ pub fn url_port(url: &str) -> Option<u16> {
     let authority = authority.split('/').next()?;
     let host_port = authority.rsplit('@').next()?;
     host_port.rsplit_once(':')?.1.parse().ok()
-}
-
-/// `url` with its database name replaced by `database` (query kept).
-pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let Some(scheme_end) = base.find("://") else {
-        bail!("database URL {url:?} has no scheme (postgres://...)");
-    };
-    let authority_start = scheme_end + 3;
-    let authority_end = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{database}", &base[..authority_end]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    Ok(out)
 }
 
 /// A database created for one run, dropped by [`ScratchDatabase::drop_now`].
@@ -298,23 +278,6 @@ impl ServiceProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            with_database("postgres://u:p@127.0.0.1:5433/concord", "x").unwrap(),
-            "postgres://u:p@127.0.0.1:5433/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/concord?sslmode=disable", "x").unwrap(),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://h:5432", "x").unwrap(),
-            "postgres://h:5432/x"
-        );
-        assert!(with_database("nonsense", "x").is_err());
-    }
 
     #[test]
     fn ports_and_redaction() {
