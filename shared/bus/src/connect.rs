@@ -90,6 +90,10 @@ pub struct Bus {
     closed: tokio::sync::watch::Receiver<bool>,
 }
 
+/// How long [`Bus::request`] keeps retrying "no responders" before it
+/// reports the service unavailable.
+pub const NO_RESPONDERS_GRACE: Duration = Duration::from_millis(250);
+
 impl Bus {
     /// Drains the connection (every subscription is unsubscribed after the
     /// messages already received are handled, pending publishes are flushed)
@@ -188,7 +192,8 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
 impl Bus {
     /// Sends `request` to a service endpoint and decodes its reply (JSON on the
     /// wire), turning error replies, timeouts and absent services into
-    /// [`ServiceError`](crate::ServiceError)s.
+    /// [`ServiceError`](crate::ServiceError)s. "No responders" is retried for
+    /// a moment ([`NO_RESPONDERS_GRACE`]) before it becomes `UNAVAILABLE`.
     pub async fn request<Req, Resp>(
         &self,
         subject: String,
@@ -202,31 +207,49 @@ impl Bus {
         use concord_wire::codec::{self, ContentType};
         use concord_wire::v1::ErrorCode;
 
-        let headers = crate::headers::outgoing(ContentType::Json.as_str());
-        let payload = codec::encode(ContentType::Json, request)
-            .map_err(|error| crate::ServiceError::invalid(error.field.clone(), error.message))?;
-        let send = self
-            .client
-            .request_with_headers(subject.clone(), headers, payload.into());
-        let message = match tokio::time::timeout(timeout, send).await {
-            Err(_) => {
-                return Err(crate::ServiceError::new(
-                    ErrorCode::Timeout,
-                    format!("no reply on {subject} within {timeout:?}"),
-                ));
+        use async_nats::client::RequestErrorKind;
+
+        let payload: bytes::Bytes = codec::encode(ContentType::Json, request)
+            .map_err(|error| crate::ServiceError::invalid(error.field.clone(), error.message))?
+            .into();
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let mut pause = Duration::from_millis(5);
+        let message = loop {
+            let headers = crate::headers::outgoing(ContentType::Json.as_str());
+            let send = self
+                .client
+                .request_with_headers(subject.clone(), headers, payload.clone());
+            match tokio::time::timeout_at(deadline, send).await {
+                Err(_) => {
+                    return Err(crate::ServiceError::new(
+                        ErrorCode::Timeout,
+                        format!("no reply on {subject} within {timeout:?}"),
+                    ));
+                }
+                Ok(Ok(message)) => break message,
+                // Nobody listens: right after a service (re)subscribed the
+                // server can still answer this for a moment, so try again
+                // briefly; a service that is really absent stays UNAVAILABLE.
+                Ok(Err(error))
+                    if error.kind() == RequestErrorKind::NoResponders
+                        && started.elapsed() + pause < NO_RESPONDERS_GRACE
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Ok(Err(error)) => {
+                    let code = match error.kind() {
+                        RequestErrorKind::TimedOut => ErrorCode::Timeout,
+                        _ => ErrorCode::Unavailable,
+                    };
+                    return Err(crate::ServiceError::new(
+                        code,
+                        format!("request on {subject} failed: {error}"),
+                    ));
+                }
             }
-            Ok(Err(error)) => {
-                use async_nats::client::RequestErrorKind;
-                let code = match error.kind() {
-                    RequestErrorKind::TimedOut => ErrorCode::Timeout,
-                    _ => ErrorCode::Unavailable,
-                };
-                return Err(crate::ServiceError::new(
-                    code,
-                    format!("request on {subject} failed: {error}"),
-                ));
-            }
-            Ok(Ok(message)) => message,
         };
         crate::service::read_reply(&message)
     }
