@@ -1,17 +1,42 @@
 //! The dispatcher service: task intake, routing, delivery, retries, dead letters and results.
 //!
-//! This release registers the service on NATS (it answers `$SRV.PING`,
-//! `$SRV.INFO` and `$SRV.STATS`), serves `/metrics` and shuts down cleanly;
-//! its coordination endpoints arrive with their own issues.
+//! Submissions arrive on `<root>.tasks.submit`, captured by the JetStream
+//! stream `<ROOT>_TASKS` and consumed by the durable pull consumer
+//! `dispatcher` that every replica shares. The [`engine`] routes each task
+//! to an agent from the registry's published directory, follows the attempt
+//! (lease, progress, retries with backoff, circuit breakers), records every
+//! transition as a `task.*` event with the `tasks` projection row in
+//! batched Postgres transactions, then publishes the result on
+//! `<root>.tasks.result.<id>` and acknowledges the submission. Requests:
+//! `<root>.tasks.run`, `<root>.tasks.get`, `<root>.tasks.cancel` (see
+//! [`endpoints`] and docs/PROTOCOL.md).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+pub mod agents;
 pub mod backoff;
 pub mod breaker;
+pub mod config;
+pub mod endpoints;
+pub mod engine;
+pub mod metrics;
+pub mod projection;
 pub mod routing;
+pub mod store;
 pub mod streams;
 pub mod submission;
 pub mod task_spec;
+pub mod writer;
+
+pub use config::{DispatcherArgs, DispatcherConfig};
 
 /// Name, description and default metrics port of the dispatcher.
 pub const INFO: ServiceInfo = ServiceInfo {
@@ -20,7 +45,202 @@ pub const INFO: ServiceInfo = ServiceInfo {
     default_metrics_port: 9102,
 };
 
-/// Builds the service on connected infrastructure; tests call this in-process.
+/// Builds the service with default settings; tests call this in-process.
 pub async fn build(context: ServiceContext) -> anyhow::Result<Service> {
-    Service::start(context).await
+    build_with(context, DispatcherConfig::default()).await
+}
+
+/// Builds the service with `config`.
+pub async fn build_with(
+    context: ServiceContext,
+    config: DispatcherConfig,
+) -> anyhow::Result<Service> {
+    let bus = context.bus.clone();
+    let js = jetstream::new(bus.client.clone());
+    let (stream, consumer) = streams::ensure(&js, &bus.subjects, config.ack_wait).await?;
+    let stream_identity = streams::stream_identity(&stream);
+    let store = store::TaskStore::new(context.pool.clone());
+    let metrics = metrics::Metrics::register(&context.metrics);
+
+    let service = Service::start(context.clone()).await?;
+    let stop = service.background_token();
+
+    // The registry's directory, kept current by a KV watch.
+    let directory = concord_directory::SharedDirectory::default();
+    let bucket = concord_directory::DirectoryBucket::open(&bus).await?;
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    service.spawn_background(concord_directory::watch(
+        bucket,
+        directory.clone(),
+        stop.clone(),
+        ready_tx,
+    ));
+    let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+
+    let loads = agents::Loads::default();
+    let heartbeats = bus
+        .client
+        .subscribe(bus.subjects.endpoint("registry", "heartbeat"))
+        .await?;
+    service.spawn_background(agents::listen_heartbeats(
+        heartbeats,
+        loads.clone(),
+        stop.clone(),
+    ));
+
+    // The writer outlives the engine: it drains what the engine hands it.
+    let (write_tx, write_rx) = mpsc::unbounded_channel();
+    let (written_tx, written_rx) = mpsc::unbounded_channel();
+    let writer_stop = CancellationToken::new();
+    {
+        let store = store.clone();
+        let dead_letters = store.dead_letters();
+        let events = context.events.clone();
+        let writer_metrics = writer::WriterMetrics::register(&context.metrics);
+        let writer_stop = writer_stop.clone();
+        service.spawn_background(writer::run(
+            store,
+            dead_letters,
+            events,
+            write_rx,
+            written_tx,
+            writer_stop,
+            writer_metrics,
+        ));
+    }
+
+    let inbox = bus.client.new_inbox();
+    let replies = bus.client.subscribe(format!("{inbox}.>")).await?;
+    let progress = bus
+        .client
+        .subscribe(bus.subjects.join("tasks.progress.*"))
+        .await?;
+    let (command_tx, command_rx) = mpsc::channel(1024);
+    let holder = bus
+        .client
+        .subscribe(bus.subjects.join("dispatcher.held.*.cancel"))
+        .await?;
+    service.spawn_background(endpoints::listen_holder_cancels(
+        bus.clone(),
+        holder,
+        command_tx,
+        stop.clone(),
+    ));
+
+    let held = Arc::new(AtomicUsize::new(0));
+    let (pulled_tx, pulled_rx) = mpsc::channel(8);
+    service.spawn_background(pull(
+        consumer,
+        pulled_tx,
+        held.clone(),
+        config.max_held,
+        stop.clone(),
+    ));
+
+    let engine = engine::Engine::new(engine::Parts {
+        config: config.clone(),
+        bus: bus.clone(),
+        events: context.events.clone(),
+        store: store.clone(),
+        directory,
+        loads,
+        writer: write_tx,
+        inbox,
+        stream_identity,
+        held,
+        metrics,
+    })?;
+    let inputs = engine::Inputs {
+        pulled: pulled_rx,
+        written: written_rx,
+        commands: command_rx,
+        replies,
+        progress,
+    };
+    let grace = context.shutdown_grace;
+    service.spawn_background(async move {
+        engine.run(inputs, stop, grace).await;
+        // The engine handed its last writes over (it dropped the sender):
+        // the writer drains them; give up only if the database is gone.
+        tokio::time::sleep(grace).await;
+        writer_stop.cancel();
+    });
+
+    let endpoints = endpoints::Endpoints {
+        bus: bus.clone(),
+        store,
+        events: context.events.clone(),
+        config,
+        jetstream: js,
+    };
+    let host = service.host();
+    macro_rules! endpoint {
+        ($name:literal, $subject:expr, $method:ident) => {{
+            let endpoints = endpoints.clone();
+            host.endpoint($name, $subject, move |request| {
+                let endpoints = endpoints.clone();
+                async move { endpoints.$method(request).await }
+            })
+            .await?;
+        }};
+    }
+    endpoint!("run", bus.subjects.tasks_run(), run);
+    endpoint!("get", bus.subjects.join("tasks.get"), get);
+    endpoint!("cancel", bus.subjects.join("tasks.cancel"), cancel);
+    Ok(service)
+}
+
+/// Pulls submissions from the shared consumer and hands them to the engine
+/// in batches, holding back while this replica holds `max_held`.
+async fn pull(
+    consumer: jetstream::consumer::PullConsumer,
+    engine: mpsc::Sender<Vec<jetstream::Message>>,
+    held: Arc<AtomicUsize>,
+    max_held: usize,
+    stop: CancellationToken,
+) {
+    let batch = max_held.clamp(1, 256);
+    'outer: loop {
+        let messages = match consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, "cannot pull from the intake stream; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut chunks = messages.ready_chunks(batch);
+        loop {
+            while held.load(Ordering::Relaxed) >= max_held {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+            let chunk = tokio::select! {
+                _ = stop.cancelled() => return,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else { continue 'outer };
+            let mut delivered = Vec::with_capacity(chunk.len());
+            for message in chunk {
+                match message {
+                    Ok(message) => delivered.push(message),
+                    Err(error) => tracing::debug!(%error, "pull stream hiccup"),
+                }
+            }
+            if !delivered.is_empty() && engine.send(delivered).await.is_err() {
+                return;
+            }
+        }
+    }
 }

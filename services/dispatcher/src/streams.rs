@@ -41,12 +41,12 @@ pub fn stream_config(subjects: &Subjects) -> stream::Config {
 
 /// The shared consumer's settings: explicit acks, no delivery limit (the
 /// dispatcher counts attempts itself and dead-letters), bounded in flight.
-pub fn consumer_config() -> consumer::pull::Config {
+pub fn consumer_config(ack_wait: Duration) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(CONSUMER.into()),
         description: Some("Concord dispatcher replicas".into()),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
+        ack_wait,
         max_deliver: -1,
         max_ack_pending: MAX_ACK_PENDING,
         deliver_policy: consumer::DeliverPolicy::All,
@@ -58,6 +58,7 @@ pub fn consumer_config() -> consumer::pull::Config {
 pub async fn ensure(
     js: &jetstream::Context,
     subjects: &Subjects,
+    ack_wait: Duration,
 ) -> anyhow::Result<(stream::Stream, consumer::PullConsumer)> {
     let config = stream_config(subjects);
     let name = config.name.clone();
@@ -66,7 +67,7 @@ pub async fn ensure(
         .await
         .map_err(|e| anyhow::anyhow!("cannot create stream {name}: {e}"))?;
     let consumer = stream
-        .get_or_create_consumer(CONSUMER, consumer_config())
+        .create_consumer(consumer_config(ack_wait))
         .await
         .map_err(|e| anyhow::anyhow!("cannot create consumer {CONSUMER} on {name}: {e}"))?;
     // Fetch the stream's info once so its creation time is cached: task ids
@@ -100,7 +101,7 @@ mod tests {
         assert_eq!(stream.name, "T1_TASKS");
         assert_eq!(stream.subjects, vec!["t1.tasks.submit".to_string()]);
         assert_eq!(stream.retention, stream::RetentionPolicy::WorkQueue);
-        let consumer = consumer_config();
+        let consumer = consumer_config(ACK_WAIT);
         assert_eq!(consumer.durable_name.as_deref(), Some(CONSUMER));
         assert_eq!(consumer.ack_policy, consumer::AckPolicy::Explicit);
     }

@@ -14,9 +14,9 @@ async fn intake_captures_submissions_once_and_durably() -> anyhow::Result<()> {
     let client = nats.client().await;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new("t1").expect("valid root");
-    let (mut stream, _consumer) = streams::ensure(&js, &subjects).await?;
+    let (mut stream, _consumer) = streams::ensure(&js, &subjects, streams::ACK_WAIT).await?;
     // A second replica starting up finds the same resources.
-    streams::ensure(&js, &subjects).await?;
+    streams::ensure(&js, &subjects, streams::ACK_WAIT).await?;
 
     let body = br#"{"capability":"summarize","payload":{"text":"hi"}}"#;
     // A plain publish without an id (what `nats pub` does) is captured too. It goes
@@ -48,7 +48,7 @@ async fn intake_captures_submissions_once_and_durably() -> anyhow::Result<()> {
 
     nats.restart().await?;
     let js = jetstream::new(nats.client().await);
-    let (mut stream, _) = streams::ensure(&js, &subjects).await?;
+    let (mut stream, _) = streams::ensure(&js, &subjects, streams::ACK_WAIT).await?;
     assert_eq!(
         stream.info().await?.state.messages,
         2,

@@ -31,6 +31,6 @@ mod events;
 mod service;
 
 pub use context::{ServiceContext, ServiceInfo, StartupError, run_service};
-pub use dead_letters::StoreRejectSink;
-pub use events::{EmitError, EventPublisher};
+pub use dead_letters::{REASON_INVALID_INPUT, StoreRejectSink};
+pub use events::{EmitError, EventPublisher, event_json};
 pub use service::Service;

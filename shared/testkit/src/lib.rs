@@ -15,6 +15,10 @@
 
 mod database;
 mod nats;
+mod postgres;
+mod process;
 
 pub use database::{DEFAULT_TEST_DATABASE_URL, TestDatabase, with_database};
 pub use nats::NatsServer;
+pub use postgres::PostgresServer;
+pub use process::{ServiceProcess, service_binary};

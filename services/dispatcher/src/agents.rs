@@ -1,0 +1,189 @@
+//! What the dispatcher knows about agents: the registry's published
+//! directory (a local copy kept by a KV watch), their latest heartbeats
+//! (load, capacity, health) and this replica's own in-flight counts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::Subscriber;
+use concord_directory::SharedDirectory;
+use concord_wire::codec::{self, ContentType};
+use concord_wire::v1::{AgentHealth, AgentRecord, Heartbeat};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::routing::Candidate;
+
+/// An agent's latest heartbeat, as far as routing cares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Tasks it runs that this replica did not send (other replicas, or
+    /// attempts this replica already gave up on).
+    pub others: u32,
+    /// Tasks it accepts at once (0 while shutting down).
+    pub capacity: u32,
+    pub health: AgentHealth,
+}
+
+/// Heartbeat loads by agent id, shared between the heartbeat listener and the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Loads {
+    inner: Arc<Mutex<HashMap<String, Load>>>,
+    own: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Loads {
+    /// Records a heartbeat; `in_flight` includes this replica's own attempts.
+    pub fn heartbeat(&self, beat: &Heartbeat) {
+        let own = self
+            .own
+            .lock()
+            .expect("loads lock")
+            .get(&beat.agent_id)
+            .copied()
+            .unwrap_or(0);
+        let load = Load {
+            others: beat.in_flight.saturating_sub(own),
+            capacity: beat.capacity,
+            health: AgentHealth::try_from(beat.health).unwrap_or(AgentHealth::Unspecified),
+        };
+        self.inner
+            .lock()
+            .expect("loads lock")
+            .insert(beat.agent_id.clone(), load);
+    }
+
+    /// This replica's attempts running on `agent_id`.
+    pub fn own(&self, agent_id: &str) -> u32 {
+        self.own
+            .lock()
+            .expect("loads lock")
+            .get(agent_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// One more (or fewer) of this replica's attempts on `agent_id`.
+    pub fn adjust_own(&self, agent_id: &str, delta: i32) {
+        let mut own = self.own.lock().expect("loads lock");
+        let count = own.entry(agent_id.to_string()).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            own.remove(agent_id);
+        }
+    }
+
+    /// The candidate for `agent`: heartbeat capacity and health when one was
+    /// seen, in-flight = own attempts + others' from the heartbeat.
+    pub fn candidate<'a>(
+        &self,
+        agent: &'a AgentRecord,
+        inner: &HashMap<String, Load>,
+        own: &HashMap<String, u32>,
+    ) -> Candidate<'a> {
+        let mut candidate = Candidate::new(agent);
+        let own = own.get(&agent.id).copied().unwrap_or(0);
+        match inner.get(&agent.id) {
+            Some(load) => {
+                candidate.in_flight = own + load.others;
+                candidate.capacity = load.capacity;
+            }
+            None => candidate.in_flight = own,
+        }
+        candidate
+    }
+
+    /// Runs `f` with the candidates for `capability` from `directory`.
+    pub fn with_candidates<R>(
+        &self,
+        directory: &SharedDirectory,
+        capability: &str,
+        f: impl FnOnce(&[Candidate<'_>], &HashMap<String, Load>) -> R,
+    ) -> R {
+        let directory = directory.read().expect("directory lock");
+        let inner = self.inner.lock().expect("loads lock");
+        let own = self.own.lock().expect("loads lock");
+        let candidates: Vec<Candidate<'_>> = directory
+            .with_capability(capability)
+            .map(|agent| self.candidate(agent, &inner, &own))
+            .collect();
+        f(&candidates, &inner)
+    }
+}
+
+/// Listens to `<root>.registry.heartbeat` (a plain subscription: every
+/// dispatcher replica sees every heartbeat; the registry answers them).
+pub async fn listen_heartbeats(mut subscriber: Subscriber, loads: Loads, stop: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            message = subscriber.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let content_type = ContentType::from_header(concord_bus::headers::get(
+            message.headers.as_ref(),
+            concord_bus::headers::CONTENT_TYPE,
+        ))
+        .unwrap_or(ContentType::Json);
+        // Malformed heartbeats are the registry's to refuse; ignore them here.
+        if let Ok(beat) = codec::decode::<Heartbeat>(content_type, &message.payload) {
+            loads.heartbeat(&beat);
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_wire::v1::Liveness;
+
+    fn agent(id: &str, max: u32) -> AgentRecord {
+        AgentRecord {
+            id: id.into(),
+            max_concurrency: max,
+            liveness: Liveness::Alive as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn in_flight_adds_own_attempts_to_what_others_run() {
+        let loads = Loads::default();
+        loads.adjust_own("a", 1);
+        loads.adjust_own("a", 1);
+        // The agent reports 5 running, 2 of them ours: 3 belong to others.
+        loads.heartbeat(&Heartbeat {
+            agent_id: "a".into(),
+            in_flight: 5,
+            capacity: 8,
+            ..Default::default()
+        });
+        loads.adjust_own("a", -1);
+        let record = agent("a", 16);
+        let inner = loads.inner.lock().unwrap().clone();
+        let own = loads.own.lock().unwrap().clone();
+        let candidate = loads.candidate(&record, &inner, &own);
+        assert_eq!(candidate.in_flight, 1 + 3);
+        assert_eq!(candidate.capacity, 8, "the heartbeat's capacity wins");
+        assert_eq!(loads.own("a"), 1);
+    }
+
+    #[test]
+    fn without_a_heartbeat_the_record_decides() {
+        let loads = Loads::default();
+        let record = agent("b", 4);
+        let candidate = loads.candidate(&record, &HashMap::new(), &HashMap::new());
+        assert_eq!(candidate.in_flight, 0);
+        assert_eq!(candidate.capacity, 4);
+    }
+
+    #[test]
+    fn own_counts_never_go_negative() {
+        let loads = Loads::default();
+        loads.adjust_own("c", -1);
+        assert_eq!(loads.own("c"), 0);
+    }
+}

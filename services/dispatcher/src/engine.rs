@@ -1,0 +1,448 @@
+//! The dispatching engine: one task that owns every submission this replica
+//! holds, from the JetStream delivery to the acknowledgement.
+//!
+//! Per task, on the happy path: one JetStream message in, one core request
+//! to the agent (`<root>.agent.<id>.tasks`, the reply comes to this
+//! replica's inbox), then one batched write of the task's events
+//! (submitted, assigned, completed) and its projection row, then the result
+//! on `<root>.tasks.result.<id>` and the JetStream ack. The message stays
+//! unacknowledged until the outcome is committed, so a crash at any point
+//! means a redelivery, which the stored row turns into a resume (or, for a
+//! finished task, a re-publication of its result).
+//!
+//! Everything runs on the engine's own loop (no locks on the hot path);
+//! Postgres work happens in the writer task and in spawned lookups, whose
+//! answers come back as inputs.
+
+mod intake;
+mod outcome;
+mod route;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::Subscriber;
+use async_nats::jetstream;
+use concord_bus::Bus;
+use concord_directory::SharedDirectory;
+use concord_runtime::EventPublisher;
+use concord_store::{NewDeadLetter, NewEvent};
+use concord_wire::v1::{AgentOutput, TaskResult};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::Loads;
+use crate::breaker::Breakers;
+use crate::config::DispatcherConfig;
+use crate::metrics::Metrics;
+use crate::projection::{AGGREGATE, TaskEvent, TaskView};
+use crate::routing::{PriorityQueue, Router};
+use crate::store::{TaskStore, TaskWrite};
+use crate::task_spec::TaskSpec;
+use crate::writer::{WriteRequest, Written};
+
+pub use intake::Intake;
+
+/// Header on a result re-published after a recovery (the task had finished,
+/// but its submission was delivered again): same content as the first.
+pub const REPLAYED_HEADER: &str = "Concord-Replayed";
+/// Header `concord dlq replay` sets: the dead letter a submission replays.
+pub const REPLAY_OF_HEADER: &str = "Concord-Replay-Of";
+
+/// Requests the endpoints hand to the engine.
+pub enum Command {
+    /// Cancel a held task; answers `None` when this replica does not hold it.
+    Cancel {
+        task_id: String,
+        reason: String,
+        reply: oneshot::Sender<Option<TaskResult>>,
+    },
+}
+
+/// Where the engine's inputs come from.
+pub struct Inputs {
+    pub pulled: mpsc::Receiver<Vec<jetstream::Message>>,
+    pub written: mpsc::UnboundedReceiver<Vec<Written>>,
+    pub commands: mpsc::Receiver<Command>,
+    pub replies: Subscriber,
+    pub progress: Subscriber,
+}
+
+/// What the engine needs from the rest of the service.
+pub struct Parts {
+    pub config: DispatcherConfig,
+    pub bus: Bus,
+    pub events: EventPublisher,
+    pub store: TaskStore,
+    pub directory: SharedDirectory,
+    pub loads: Loads,
+    pub writer: mpsc::UnboundedSender<WriteRequest>,
+    /// Prefix of this replica's agent-reply subjects (`<inbox>.<task>.<attempt>.<n>`).
+    pub inbox: String,
+    pub stream_identity: String,
+    pub held: Arc<AtomicUsize>,
+    pub metrics: Metrics,
+}
+
+/// Where a held task is in its life.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for its stored state (lookup in flight).
+    Looking,
+    /// In its capability's queue, waiting for an agent.
+    Queued,
+    /// Waiting out a retry delay.
+    Backoff,
+    /// An attempt is out with agents.
+    Running(Run),
+    /// Final; waiting for the outcome to be committed.
+    Final,
+}
+
+/// One attempt in progress.
+#[derive(Debug)]
+struct Run {
+    attempt: u32,
+    /// Agents the attempt went to, with their outcome once known.
+    agents: Vec<(String, Option<AgentOutput>)>,
+    lease: Duration,
+    lease_deadline: Instant,
+}
+
+/// A submission this replica holds.
+struct Held {
+    spec: TaskSpec,
+    message: jetstream::Message,
+    view: TaskView,
+    /// `last_sequence` of the stored row (0: none yet).
+    persisted: i64,
+    /// Events made since the last write was sent.
+    pending: Vec<NewEvent>,
+    /// A write of this task is in flight (at most one at a time).
+    writing: bool,
+    dead_letter: Option<NewDeadLetter>,
+    phase: Phase,
+    /// Attempts counted against `max_attempts` (reset by a dead-letter replay).
+    attempts_run: u32,
+    /// Agents that failed this task (avoided by later attempts when possible).
+    avoid: Vec<String>,
+    /// What every attempt did, for the dead letter.
+    history: Vec<serde_json::Value>,
+    /// When it entered its queue.
+    queued_at: Instant,
+    /// When it was last extended (or delivered), for JetStream's ack wait.
+    extended_at: Instant,
+    /// A re-published result should carry [`REPLAYED_HEADER`].
+    replayed: bool,
+    waiters: Vec<oneshot::Sender<Option<TaskResult>>>,
+    received: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Lease { task_id: String, attempt: u32 },
+    Backoff { task_id: String, attempt: u32 },
+}
+
+/// The engine's state.
+pub struct Engine {
+    config: DispatcherConfig,
+    bus: Bus,
+    events: EventPublisher,
+    store: TaskStore,
+    directory: SharedDirectory,
+    loads: Loads,
+    writer: mpsc::UnboundedSender<WriteRequest>,
+    inbox: String,
+    stream_identity: String,
+    held_count: Arc<AtomicUsize>,
+    metrics: Metrics,
+    router: Router,
+    breakers: Breakers,
+    tasks: HashMap<String, Held>,
+    /// Untargeted tasks ready for an agent, per capability.
+    queues: HashMap<String, PriorityQueue<String>>,
+    /// Tasks that name their agents (DIRECT or `targets`), tried one by one.
+    targeted: BTreeMap<(Reverse<u32>, u64), String>,
+    /// Capabilities whose queue may make progress.
+    dirty: HashSet<String>,
+    /// The targeted tasks may make progress.
+    targeted_dirty: bool,
+    /// Since when each capability has had no eligible agent (busy does not count).
+    no_agent_since: HashMap<String, Instant>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Tasks with events not yet written, oldest first.
+    deferred: VecDeque<(Instant, String)>,
+    looked: (
+        mpsc::UnboundedSender<intake::Looked>,
+        mpsc::UnboundedReceiver<intake::Looked>,
+    ),
+    started: Instant,
+    rng: u64,
+}
+
+impl Engine {
+    pub fn new(parts: Parts) -> anyhow::Result<Self> {
+        let router = Router::new(parts.config.default_strategy, parts.config.weights)?;
+        let breakers = Breakers::new(parts.config.breaker);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        Ok(Self {
+            config: parts.config,
+            bus: parts.bus,
+            events: parts.events,
+            store: parts.store,
+            directory: parts.directory,
+            loads: parts.loads,
+            writer: parts.writer,
+            inbox: parts.inbox,
+            stream_identity: parts.stream_identity,
+            held_count: parts.held,
+            metrics: parts.metrics,
+            router,
+            breakers,
+            tasks: HashMap::new(),
+            queues: HashMap::new(),
+            targeted: BTreeMap::new(),
+            dirty: HashSet::new(),
+            targeted_dirty: false,
+            no_agent_since: HashMap::new(),
+            timers: BinaryHeap::new(),
+            deferred: VecDeque::new(),
+            looked: mpsc::unbounded_channel(),
+            started: Instant::now(),
+            rng: seed | 1,
+        })
+    }
+
+    /// Runs until `stop`, then hands back what it holds (see [`Engine::hand_back`]).
+    pub async fn run(mut self, mut inputs: Inputs, stop: CancellationToken, grace: Duration) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut extend = tokio::time::interval(self.config.ack_wait / 3);
+        extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| *at)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                Some(written) = inputs.written.recv() => self.on_written(written).await,
+                Some(message) = inputs.replies.next() => self.on_reply(message).await,
+                Some(looked) = self.looked.1.recv() => self.on_looked(looked).await,
+                Some(message) = inputs.progress.next() => self.on_progress(message),
+                Some(command) = inputs.commands.recv() => self.on_command(command).await,
+                Some(batch) = inputs.pulled.recv() => self.on_pulled(batch).await,
+                _ = tokio::time::sleep_until(next_timer.into()) => self.on_timers().await,
+                _ = tick.tick() => self.on_tick(),
+                _ = extend.tick() => self.extend_acks().await,
+            }
+            self.pump().await;
+            self.held_count.store(self.tasks.len(), Ordering::Relaxed);
+            self.metrics.held.set(self.tasks.len() as i64);
+        }
+        drop(inputs.pulled);
+        self.hand_back(&mut inputs.written, grace).await;
+    }
+
+    /// On shutdown: submissions not yet final go back to JetStream at once
+    /// (another replica, or this one restarted, takes them over from their
+    /// stored state); final ones wait up to `grace` for their commit.
+    async fn hand_back(
+        &mut self,
+        written: &mut mpsc::UnboundedReceiver<Vec<Written>>,
+        grace: Duration,
+    ) {
+        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        let mut handed = 0usize;
+        for id in ids {
+            let is_final = matches!(self.tasks[&id].phase, Phase::Final);
+            if is_final {
+                continue;
+            }
+            if let Some(held) = self.tasks.remove(&id) {
+                if let Phase::Running(run) = &held.phase {
+                    for (agent, _) in &run.agents {
+                        self.loads.adjust_own(agent, -1);
+                    }
+                }
+                let _ = held.message.ack_with(jetstream::AckKind::Nak(None)).await;
+                handed += 1;
+            }
+        }
+        if handed > 0 {
+            tracing::info!(tasks = handed, "handed unfinished tasks back to JetStream");
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self
+            .tasks
+            .values()
+            .any(|h| h.writing || !h.pending.is_empty())
+        {
+            self.flush_deferred(true);
+            match tokio::time::timeout_at(deadline, written.recv()).await {
+                Ok(Some(report)) => self.on_written(report).await,
+                _ => break,
+            }
+        }
+        let _ = self.bus.client.flush().await;
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A uniform sample in 0..1 (xorshift; jitter needs no more).
+    fn sample(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Appends `event` to the task's history (view and pending events).
+    fn record(&mut self, task_id: &str, event: TaskEvent) {
+        let Some(held) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let sequence = held.view.last_sequence + 1;
+        let mut stored = self.events.event(
+            AGGREGATE,
+            task_id,
+            sequence,
+            event.event_type(),
+            event.data(),
+        );
+        // The store keeps microseconds: the live view must hold the same
+        // time a replay will read back.
+        stored.occurred_at = truncate_micros(stored.occurred_at);
+        match &event {
+            TaskEvent::Submitted { task } if held.view.last_sequence == 0 => {
+                held.view = TaskView::submitted(task.clone(), sequence, stored.occurred_at);
+            }
+            _ => held.view.apply(sequence, &event, stored.occurred_at),
+        }
+        if held.pending.is_empty() && !held.writing {
+            self.deferred
+                .push_back((Instant::now(), task_id.to_string()));
+        }
+        held.pending.push(stored);
+    }
+
+    /// Sends the task's pending events (and row) to the writer, unless a
+    /// write is already in flight (the next goes when it lands).
+    fn send_write(&mut self, task_id: &str) {
+        let Some(held) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        if held.writing || held.pending.is_empty() {
+            return;
+        }
+        held.writing = true;
+        let events = std::mem::take(&mut held.pending);
+        let dead_letter = if matches!(held.phase, Phase::Final) {
+            held.dead_letter.take()
+        } else {
+            None
+        };
+        let request = WriteRequest {
+            write: TaskWrite {
+                expected_sequence: held.persisted,
+                view: held.view.clone(),
+                events,
+            },
+            dead_letter,
+        };
+        if self.writer.send(request).is_err() {
+            tracing::error!("task writer stopped; submissions stay unacknowledged");
+        }
+    }
+
+    /// Writes the events of tasks that have waited `event_delay` (or all).
+    fn flush_deferred(&mut self, all: bool) {
+        let now = Instant::now();
+        while let Some((since, _)) = self.deferred.front() {
+            if !all && now.duration_since(*since) < self.config.event_delay {
+                break;
+            }
+            let (_, task_id) = self.deferred.pop_front().expect("peeked");
+            self.send_write(&task_id);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.flush_deferred(false);
+        // Re-try every queue: agents may have appeared, heartbeats may show
+        // free capacity, breakers may have cooled down.
+        for (capability, queue) in &self.queues {
+            if !queue.is_empty() {
+                self.dirty.insert(capability.clone());
+            }
+        }
+        self.targeted_dirty |= !self.targeted.is_empty();
+        self.metrics.queued.set(
+            self.queues.values().map(|q| q.len()).sum::<usize>() as i64
+                + self.targeted.len() as i64,
+        );
+    }
+
+    /// Tells JetStream that long-held submissions are still being worked on.
+    async fn extend_acks(&mut self) {
+        let now = Instant::now();
+        let threshold = self.config.ack_wait / 3;
+        for held in self.tasks.values_mut() {
+            if now.duration_since(held.extended_at) >= threshold {
+                held.extended_at = now;
+                let _ = held.message.ack_with(jetstream::AckKind::Progress).await;
+            }
+        }
+    }
+
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, timer)) = self.timers.pop().expect("peeked");
+            match timer {
+                Timer::Lease { task_id, attempt } => self.on_lease_timer(&task_id, attempt).await,
+                Timer::Backoff { task_id, attempt } => {
+                    if let Some(held) = self.tasks.get(&task_id)
+                        && matches!(held.phase, Phase::Backoff)
+                        && held.view.attempts + 1 == attempt
+                    {
+                        self.enqueue(&task_id);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Cancel {
+                task_id,
+                reason,
+                reply,
+            } => self.cancel(&task_id, &reason, reply).await,
+        }
+    }
+}
+
+/// `at` cut to whole microseconds.
+fn truncate_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    let nanos = at.timestamp_subsec_nanos();
+    at - chrono::Duration::nanoseconds(i64::from(nanos % 1000))
+}

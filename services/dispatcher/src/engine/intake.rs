@@ -1,0 +1,308 @@
+//! Intake: JetStream deliveries become held tasks (new, resumed, replayed
+//! from a dead letter) or are settled at once (invalid, duplicate, finished).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use async_nats::jetstream;
+use concord_bus::headers;
+use concord_bus::service::header_map;
+use concord_store::NewDeadLetter;
+use concord_wire::codec::{self, ContentType};
+
+use super::{Engine, Held, Phase, REPLAY_OF_HEADER, REPLAYED_HEADER};
+use crate::projection::{Finality, TaskEvent, TaskView};
+use crate::submission::{self, Origin};
+use crate::task_spec::TaskSpec;
+
+/// A valid submission waiting for its stored state.
+pub struct Intake {
+    spec: TaskSpec,
+    message: jetstream::Message,
+    replay_of: Option<String>,
+}
+
+/// The answer of a lookup: the intakes and what the store holds for them.
+pub(super) type Looked = (Vec<Intake>, anyhow::Result<HashMap<String, TaskView>>);
+
+/// Namespace of dead-letter ids derived from a submission's stream position.
+const DEAD_LETTER_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x2b1d_7f0e_5c44_4e0a_9a61_0d8e_47c3_b915);
+
+impl Engine {
+    pub(super) async fn on_pulled(&mut self, batch: Vec<jetstream::Message>) {
+        let mut lookups: Vec<Intake> = Vec::new();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for message in batch {
+            let Ok(info) = message.info() else {
+                // Not a JetStream delivery (cannot happen on a pull consumer).
+                continue;
+            };
+            let (sequence, delivered) = (info.stream_sequence, info.delivered);
+            let header = |name: &str| headers::get(message.headers.as_ref(), name);
+            let origin = Origin {
+                content_type: header(headers::CONTENT_TYPE),
+                msg_id: header("Nats-Msg-Id"),
+                stream_identity: &self.stream_identity,
+                stream_sequence: sequence,
+                now_unix_ms: now_ms,
+            };
+            let spec = match submission::parse(&message.payload, &origin, &self.config.limits) {
+                Ok(spec) => spec,
+                Err(error) => {
+                    self.reject(message, sequence, &error).await;
+                    continue;
+                }
+            };
+            let replay_of = header(REPLAY_OF_HEADER).map(str::to_string);
+            if let Some(held) = self.tasks.get_mut(&spec.id) {
+                let held_sequence = held.message.info().map(|i| i.stream_sequence).ok();
+                if held_sequence == Some(sequence) {
+                    // Our own submission delivered again (its ack wait ran
+                    // out while we worked on it): answer on the newest delivery.
+                    held.message = message;
+                    held.extended_at = Instant::now();
+                } else {
+                    // Another submission of a task we hold: one task.
+                    self.metrics.duplicates.inc();
+                    let _ = message.ack().await;
+                }
+                continue;
+            }
+            // A first delivery with an id derived from its own stream position
+            // cannot be known to the store yet: skip the lookup.
+            let derived = header("Nats-Msg-Id").is_none() && spec.id_generated && delivered == 1;
+            let intake = Intake {
+                spec,
+                message,
+                replay_of,
+            };
+            if derived {
+                self.admit(intake, None);
+            } else {
+                lookups.push(intake);
+            }
+        }
+        if !lookups.is_empty() {
+            for intake in &lookups {
+                self.hold_placeholder(intake);
+            }
+            let ids: Vec<String> = lookups.iter().map(|i| i.spec.id.clone()).collect();
+            let store = self.store.clone();
+            let answer = self.looked.0.clone();
+            tokio::spawn(async move {
+                let result = store.lookup(&ids).await;
+                let _ = answer.send((lookups, result));
+            });
+        }
+    }
+
+    /// Marks a task id as taken while its lookup runs, so a second delivery
+    /// of the same id in the meantime is recognised as a duplicate.
+    fn hold_placeholder(&mut self, intake: &Intake) {
+        let view = TaskView::submitted(intake.spec.to_task(), 0, chrono::Utc::now());
+        self.tasks.insert(
+            intake.spec.id.clone(),
+            new_held(
+                intake.spec.clone(),
+                intake.message.clone(),
+                view,
+                Phase::Looking,
+            ),
+        );
+    }
+
+    pub(super) async fn on_looked(&mut self, (intakes, result): Looked) {
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), tasks = intakes.len(), "cannot read task state; submissions will be redelivered");
+                for intake in intakes {
+                    self.tasks.remove(&intake.spec.id);
+                    let _ = intake
+                        .message
+                        .ack_with(jetstream::AckKind::Nak(Some(
+                            std::time::Duration::from_secs(1),
+                        )))
+                        .await;
+                }
+                return;
+            }
+        };
+        let mut stored = stored;
+        for mut intake in intakes {
+            // Drop the placeholder (keeping its newest delivery); admit()
+            // holds the task for real.
+            if let Some(placeholder) = self.tasks.remove(&intake.spec.id) {
+                intake.message = placeholder.message;
+            }
+            let view = stored.remove(&intake.spec.id);
+            match view {
+                Some(view) if view.status.is_final() => {
+                    if intake.replay_of.is_some()
+                        && view.status == concord_wire::v1::TaskStatus::DeadLettered
+                    {
+                        self.admit(intake, Some(view));
+                    } else {
+                        // Finished before: a duplicate submission, or our own
+                        // redelivered after a crash between commit and ack.
+                        self.metrics.duplicates.inc();
+                        self.publish_result(&view.result(), true).await;
+                        let _ = intake.message.ack().await;
+                    }
+                }
+                other => self.admit(intake, other),
+            }
+        }
+    }
+
+    /// Holds a task: new (`stored` is None), resumed, or replayed.
+    fn admit(&mut self, intake: Intake, stored: Option<TaskView>) {
+        let Intake {
+            spec,
+            message,
+            replay_of,
+        } = intake;
+        let id = spec.id.clone();
+        match stored {
+            None => {
+                let view = TaskView::submitted(spec.to_task(), 0, chrono::Utc::now());
+                let held = new_held(spec.clone(), message, view, Phase::Queued);
+                self.tasks.insert(id.clone(), held);
+                self.record(
+                    &id,
+                    TaskEvent::Submitted {
+                        task: spec.to_task(),
+                    },
+                );
+                self.metrics.submitted.inc();
+            }
+            Some(view) => {
+                let persisted = view.last_sequence;
+                let resumed_attempts = view.attempts;
+                let replay = view.status.is_final();
+                let mut held = new_held(spec, message, view, Phase::Queued);
+                held.persisted = persisted;
+                held.attempts_run = if replay { 0 } else { resumed_attempts };
+                self.tasks.insert(id.clone(), held);
+                if replay {
+                    self.record(
+                        &id,
+                        TaskEvent::Resubmitted {
+                            dead_letter_id: replay_of.unwrap_or_default(),
+                        },
+                    );
+                } else {
+                    self.metrics.resumed.inc();
+                }
+            }
+        }
+        self.enqueue(&id);
+    }
+
+    /// An invalid submission: dead letter (id derived from the stream
+    /// position, so a redelivery updates the same one), an event, an ack.
+    async fn reject(
+        &mut self,
+        message: jetstream::Message,
+        sequence: u64,
+        error: &concord_bus::ServiceError,
+    ) {
+        self.metrics.rejected.inc();
+        let name = format!("{}:{}", self.stream_identity, sequence);
+        let id = uuid::Uuid::new_v5(&DEAD_LETTER_NAMESPACE, name.as_bytes());
+        let letter = NewDeadLetter {
+            id,
+            subject: message.subject.to_string(),
+            headers: header_map(message.headers.as_ref()),
+            payload: message.payload.to_vec(),
+            reason: concord_runtime::REASON_INVALID_INPUT.to_string(),
+            error: error.message.clone(),
+            attempts: 1,
+            source: self.events.source().to_string(),
+            history: serde_json::json!([]),
+        };
+        tracing::info!(error = %error.message, dead_letter = %id, "invalid task submission dead-lettered");
+        let store = self.store.dead_letters();
+        let events = self.events.clone();
+        let error = error.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.put(&letter).await {
+                    Ok(()) => break,
+                    Err(store_error) => {
+                        tracing::warn!(%store_error, "cannot store dead letter; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            let event = events.event(
+                "dead_letter",
+                &id.to_string(),
+                1,
+                "dead_letter.created",
+                serde_json::json!({
+                    "subject": letter.subject,
+                    "reason": letter.reason,
+                    "error": error.message,
+                    "field": error.field,
+                    "source": letter.source,
+                }),
+            );
+            if let Err(emit_error) = events.emit(vec![event]).await {
+                tracing::warn!(%emit_error, "could not record dead_letter.created event");
+            }
+            let _ = message.ack().await;
+        });
+    }
+
+    /// Publishes a task's final result on `<root>.tasks.result.<id>`.
+    pub(super) async fn publish_result(
+        &self,
+        result: &concord_wire::v1::TaskResult,
+        replayed: bool,
+    ) {
+        let subject = self.bus.subjects.task_result(&result.task_id);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
+        if replayed {
+            headers.insert(REPLAYED_HEADER, "true");
+        }
+        let payload = codec::encode(ContentType::Json, result).expect("results encode");
+        if let Err(error) = self
+            .bus
+            .client
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+        {
+            tracing::warn!(%error, task_id = %result.task_id, "cannot publish task result");
+        }
+    }
+}
+
+fn new_held(spec: TaskSpec, message: jetstream::Message, view: TaskView, phase: Phase) -> Held {
+    let now = Instant::now();
+    Held {
+        spec,
+        message,
+        view,
+        persisted: 0,
+        pending: Vec::new(),
+        writing: false,
+        dead_letter: None,
+        phase,
+        attempts_run: 0,
+        avoid: Vec::new(),
+        history: Vec::new(),
+        queued_at: now,
+        extended_at: now,
+        replayed: false,
+        waiters: Vec::new(),
+        received: now,
+    }
+}
+
+/// Headers of a message as a map, for dead letters.
+pub(super) fn headers_of(message: &jetstream::Message) -> BTreeMap<String, String> {
+    header_map(message.headers.as_ref())
+}

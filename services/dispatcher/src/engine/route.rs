@@ -1,0 +1,285 @@
+//! Queues and routing: which held task goes to which agent, and when.
+//!
+//! Untargeted tasks wait in one priority queue per capability; the head of
+//! a queue blocks the rest only for the reason that would block them too
+//! (every agent busy, or none eligible). Tasks naming their agents are tried
+//! one by one. A capability without an eligible agent (busy does not count)
+//! for `no_agent_wait` dead-letters the tasks that waited that long.
+
+use std::cmp::Reverse;
+use std::time::Instant;
+
+use async_nats::HeaderMap;
+use concord_bus::headers;
+use concord_wire::codec::{self, ContentType};
+use concord_wire::v1::TaskAssignment;
+
+use super::{Engine, Phase, Run, Timer};
+use crate::projection::{TaskEvent, reason};
+use crate::routing::{Candidate, NoAgentReason, RouteDecision};
+
+impl Engine {
+    /// Puts a held task in line for an agent.
+    pub(super) fn enqueue(&mut self, task_id: &str) {
+        let Some(held) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        held.phase = Phase::Queued;
+        held.queued_at = Instant::now();
+        let capability = held.spec.capability.clone();
+        if held.spec.targets.is_empty() {
+            self.queues
+                .entry(capability.clone())
+                .or_default()
+                .push(held.spec.priority, task_id.to_string());
+            self.dirty.insert(capability);
+        } else {
+            self.targeted.insert(
+                (Reverse(held.spec.priority), held.spec.sequence),
+                task_id.to_string(),
+            );
+            self.targeted_dirty = true;
+        }
+    }
+
+    /// Starts every attempt that can start now.
+    pub(super) async fn pump(&mut self) {
+        let capabilities: Vec<String> = self.dirty.drain().collect();
+        for capability in capabilities {
+            self.pump_capability(&capability).await;
+        }
+        if std::mem::take(&mut self.targeted_dirty) {
+            self.pump_targeted().await;
+        }
+    }
+
+    async fn pump_capability(&mut self, capability: &str) {
+        loop {
+            let Some(task_id) = self
+                .queues
+                .get(capability)
+                .and_then(|queue| queue.peek())
+                .cloned()
+            else {
+                return;
+            };
+            let queued = self
+                .tasks
+                .get(&task_id)
+                .is_some_and(|held| matches!(held.phase, Phase::Queued));
+            if !queued {
+                // Cancelled or already started through a second entry.
+                self.pop(capability);
+                continue;
+            }
+            match self.route(&task_id) {
+                RouteDecision::Assign(agents) => {
+                    self.pop(capability);
+                    self.no_agent_since.remove(capability);
+                    self.start_attempt(&task_id, agents).await;
+                }
+                RouteDecision::NoEligibleAgent { reason } => {
+                    if waits_for_capacity(&reason) {
+                        self.no_agent_since.remove(capability);
+                        return;
+                    }
+                    let now = Instant::now();
+                    let since = *self
+                        .no_agent_since
+                        .entry(capability.to_string())
+                        .or_insert(now);
+                    let queued_at = self.tasks[&task_id].queued_at;
+                    let wait = self.config.no_agent_wait;
+                    if now.duration_since(since) >= wait && now.duration_since(queued_at) >= wait {
+                        self.pop(capability);
+                        self.give_up(
+                            &task_id,
+                            reason::NO_ELIGIBLE_AGENT,
+                            reason.to_string(),
+                            None,
+                        );
+                        continue;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pop(&mut self, capability: &str) {
+        if let Some(queue) = self.queues.get_mut(capability) {
+            queue.pop();
+            if queue.is_empty() {
+                self.queues.remove(capability);
+            }
+        }
+    }
+
+    async fn pump_targeted(&mut self) {
+        let entries: Vec<((Reverse<u32>, u64), String)> = self
+            .targeted
+            .iter()
+            .map(|(key, id)| (*key, id.clone()))
+            .collect();
+        let now = Instant::now();
+        for (key, task_id) in entries {
+            let queued = self
+                .tasks
+                .get(&task_id)
+                .is_some_and(|held| matches!(held.phase, Phase::Queued));
+            if !queued {
+                self.targeted.remove(&key);
+                continue;
+            }
+            match self.route(&task_id) {
+                RouteDecision::Assign(agents) => {
+                    self.targeted.remove(&key);
+                    self.start_attempt(&task_id, agents).await;
+                }
+                RouteDecision::NoEligibleAgent { reason } => {
+                    let queued_at = self.tasks[&task_id].queued_at;
+                    if !waits_for_capacity(&reason)
+                        && now.duration_since(queued_at) >= self.config.no_agent_wait
+                    {
+                        self.targeted.remove(&key);
+                        self.give_up(
+                            &task_id,
+                            reason::NO_ELIGIBLE_AGENT,
+                            reason.to_string(),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes one task over the current candidates, avoiding agents that
+    /// failed it when another can take it.
+    fn route(&mut self, task_id: &str) -> RouteDecision {
+        let held = &self.tasks[task_id];
+        let spec = &held.spec;
+        let avoid = &held.avoid;
+        let now_ms = self.now_ms();
+        let breakers = &self.breakers;
+        let router = &mut self.router;
+        self.loads
+            .with_candidates(&self.directory, &spec.capability, |candidates, _| {
+                let mut candidates: Vec<Candidate<'_>> = candidates.to_vec();
+                for candidate in &mut candidates {
+                    candidate.breaker_open = breakers.is_open(candidate.id(), now_ms);
+                }
+                if !avoid.is_empty() {
+                    let fresh: Vec<Candidate<'_>> = candidates
+                        .iter()
+                        .filter(|c| !avoid.iter().any(|a| a == c.id()))
+                        .copied()
+                        .collect();
+                    if let decision @ RouteDecision::Assign(_) = router.route(spec, &fresh) {
+                        return decision;
+                    }
+                }
+                router.route(spec, &candidates)
+            })
+    }
+
+    /// Sends attempt `n + 1` to `agents`.
+    async fn start_attempt(&mut self, task_id: &str, agents: Vec<String>) {
+        let now_unix_ms = chrono::Utc::now().timestamp_millis();
+        let Some(held) = self.tasks.get(task_id) else {
+            return;
+        };
+        if held.spec.deadline_passed(now_unix_ms) {
+            self.give_up(
+                task_id,
+                reason::DEADLINE_EXCEEDED,
+                "the task's deadline passed before it could be started".to_string(),
+                None,
+            );
+            return;
+        }
+        let now_ms = self.now_ms();
+        let agents: Vec<String> = agents
+            .into_iter()
+            .filter(|agent| self.breakers.allow(agent, now_ms))
+            .collect();
+        if agents.is_empty() {
+            // A half-open breaker's single probe is taken: try again later.
+            self.enqueue(task_id);
+            return;
+        }
+        let held = self.tasks.get_mut(task_id).expect("checked above");
+        let attempt = held.view.attempts + 1;
+        held.attempts_run += 1;
+        let lease = std::time::Duration::from_millis(held.spec.timeout_ms);
+        let assignment = TaskAssignment {
+            task_id: task_id.to_string(),
+            attempt,
+            capability: held.spec.capability.clone(),
+            payload: held.spec.payload.clone(),
+            lease_ms: held.spec.timeout_ms,
+            deadline: held.spec.deadline,
+            labels: held.spec.labels.clone(),
+        };
+        let deadline = Instant::now() + lease;
+        held.phase = Phase::Running(Run {
+            attempt,
+            agents: agents.iter().map(|agent| (agent.clone(), None)).collect(),
+            lease,
+            lease_deadline: deadline,
+        });
+        self.record(
+            task_id,
+            TaskEvent::Assigned {
+                attempt,
+                agents: agents.clone(),
+            },
+        );
+        self.metrics.assigned.inc();
+        let payload: bytes::Bytes = codec::encode(ContentType::Json, &assignment)
+            .expect("assignments encode")
+            .into();
+        for (index, agent) in agents.iter().enumerate() {
+            self.loads.adjust_own(agent, 1);
+            let mut headers = HeaderMap::new();
+            headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
+            let reply = format!("{}.{task_id}.{attempt}.{index}", self.inbox);
+            if let Err(error) = self
+                .bus
+                .client
+                .publish_with_reply_and_headers(
+                    self.bus.subjects.agent_tasks(agent),
+                    reply,
+                    headers,
+                    payload.clone(),
+                )
+                .await
+            {
+                // The lease expiry retries it.
+                tracing::warn!(%error, %task_id, agent_id = %agent, "cannot send assignment");
+            }
+        }
+        self.timers.push(Reverse((
+            deadline,
+            Timer::Lease {
+                task_id: task_id.to_string(),
+                attempt,
+            },
+        )));
+    }
+}
+
+/// Busy agents free up: such tasks wait however long it takes.
+fn waits_for_capacity(reason: &NoAgentReason) -> bool {
+    use crate::routing::Ineligible;
+    match reason {
+        NoAgentReason::AllBusy { .. } => true,
+        NoAgentReason::TargetUnavailable { cause, .. } => {
+            matches!(cause, Ineligible::AtCapacity { .. })
+        }
+        NoAgentReason::NoTargetEligible { targets, .. } => targets
+            .iter()
+            .any(|(_, cause)| matches!(cause, Ineligible::AtCapacity { .. })),
+        _ => false,
+    }
+}

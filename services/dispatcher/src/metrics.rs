@@ -1,0 +1,128 @@
+//! The dispatcher's Prometheus metrics (all prefixed `concord_` by the registry).
+
+use std::time::Duration;
+
+use concord_telemetry::MetricsRegistry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+/// Counters and gauges of the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    pub submitted: Counter,
+    pub resumed: Counter,
+    pub rejected: Counter,
+    pub duplicates: Counter,
+    pub assigned: Counter,
+    pub completed: Counter,
+    pub retried: Counter,
+    pub dead_lettered: Counter,
+    pub cancelled: Counter,
+    pub lease_expired: Counter,
+    pub stale_replies: Counter,
+    pub held: Gauge,
+    pub queued: Gauge,
+    latency: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &MetricsRegistry) -> Self {
+        let metrics = Self {
+            submitted: Counter::default(),
+            resumed: Counter::default(),
+            rejected: Counter::default(),
+            duplicates: Counter::default(),
+            assigned: Counter::default(),
+            completed: Counter::default(),
+            retried: Counter::default(),
+            dead_lettered: Counter::default(),
+            cancelled: Counter::default(),
+            lease_expired: Counter::default(),
+            stale_replies: Counter::default(),
+            held: Gauge::default(),
+            queued: Gauge::default(),
+            latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
+        };
+        let counters: [(&str, &str, &Counter); 11] = [
+            (
+                "dispatcher_tasks_submitted",
+                "New tasks accepted",
+                &metrics.submitted,
+            ),
+            (
+                "dispatcher_tasks_resumed",
+                "Unfinished tasks taken over after a redelivery",
+                &metrics.resumed,
+            ),
+            (
+                "dispatcher_tasks_rejected",
+                "Invalid submissions dead-lettered",
+                &metrics.rejected,
+            ),
+            (
+                "dispatcher_tasks_duplicate",
+                "Submissions recognised as a task already known",
+                &metrics.duplicates,
+            ),
+            (
+                "dispatcher_attempts_started",
+                "Attempts sent to agents",
+                &metrics.assigned,
+            ),
+            (
+                "dispatcher_tasks_completed",
+                "Tasks completed",
+                &metrics.completed,
+            ),
+            (
+                "dispatcher_attempts_retried",
+                "Failed attempts scheduled again",
+                &metrics.retried,
+            ),
+            (
+                "dispatcher_tasks_dead_lettered",
+                "Tasks ended in the dead-letter store",
+                &metrics.dead_lettered,
+            ),
+            (
+                "dispatcher_tasks_cancelled",
+                "Tasks cancelled on request",
+                &metrics.cancelled,
+            ),
+            (
+                "dispatcher_leases_expired",
+                "Attempts whose lease ran out",
+                &metrics.lease_expired,
+            ),
+            (
+                "dispatcher_stale_replies",
+                "Agent replies for attempts already over",
+                &metrics.stale_replies,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "dispatcher_tasks_held",
+            "Submissions this replica holds (unacknowledged)",
+            metrics.held.clone(),
+        );
+        registry.register(
+            "dispatcher_tasks_queued",
+            "Held tasks waiting for an agent",
+            metrics.queued.clone(),
+        );
+        registry.register(
+            "dispatcher_task_duration_seconds",
+            "From delivery to the dispatcher until completion",
+            metrics.latency.clone(),
+        );
+        metrics
+    }
+
+    pub fn observe_latency(&self, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
+    }
+}

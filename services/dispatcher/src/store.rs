@@ -1,0 +1,322 @@
+//! The dispatcher's Postgres side: the `tasks` projection and the task events,
+//! written together in one transaction per batch.
+//!
+//! A write carries the `last_sequence` the writer believes the row has
+//! (zero: the task is new). The row is updated only if it still holds that
+//! value, so of two writers racing for one task (two replicas given two
+//! submissions with the same id) exactly one records anything; the other
+//! learns it does not own the task.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use concord_store::{EventStore, NewEvent, ReplayFilter, StoreError};
+use concord_wire::v1::{TaskResult, TaskStatus};
+use sqlx::PgPool;
+use sqlx::types::Json;
+
+use crate::projection::{
+    AGGREGATE, TaskEvent, TaskView, from_wire_json, from_wire_value, wire_json,
+};
+
+/// One task's change: its new row and the events that lead to it.
+#[derive(Debug, Clone)]
+pub struct TaskWrite {
+    /// `last_sequence` the stored row must have (0: no row yet).
+    pub expected_sequence: i64,
+    /// The row after the events.
+    pub view: TaskView,
+    /// Events with sequences `expected_sequence + 1 ..= view.last_sequence`.
+    pub events: Vec<NewEvent>,
+}
+
+const UPSERT: &str = "\
+with input as (
+    select * from unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::int4[],
+                         $7::text[], $8::jsonb[], $9::jsonb[], $10::int8[], $11::timestamptz[],
+                         $12::timestamptz[], $13::timestamptz[], $14::int8[])
+        as i(task_id, capability, status, priority, correlation_id, attempts, agent_id, spec,
+             result, last_sequence, submitted_at, updated_at, completed_at, expected)
+),
+updated as (
+    update tasks t set status = i.status, attempts = i.attempts, agent_id = i.agent_id,
+        result = i.result, last_sequence = i.last_sequence, updated_at = i.updated_at,
+        completed_at = i.completed_at
+    from input i
+    where t.task_id = i.task_id and i.expected > 0 and t.last_sequence = i.expected
+    returning t.task_id
+),
+inserted as (
+    insert into tasks (task_id, capability, status, priority, correlation_id, attempts, agent_id,
+                       spec, result, last_sequence, submitted_at, updated_at, completed_at)
+    select task_id, capability, status, priority, correlation_id, attempts, agent_id, spec,
+           result, last_sequence, submitted_at, updated_at, completed_at
+    from input where expected = 0
+    on conflict (task_id) do nothing
+    returning task_id
+)
+select task_id from updated union all select task_id from inserted";
+
+const ALL: &str = "\
+select task_id, status, attempts, agent_id, spec, result, last_sequence, submitted_at, updated_at, completed_at
+from tasks order by task_id";
+
+const LOOKUP: &str = "\
+select task_id, status, attempts, agent_id, spec, result, last_sequence, submitted_at, updated_at, completed_at
+from tasks where task_id = any($1)";
+
+const EXISTING_EVENTS: &str = "select event_id from events where event_id = any($1)";
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    task_id: String,
+    status: String,
+    attempts: i32,
+    agent_id: String,
+    spec: Json<serde_json::Value>,
+    result: Json<serde_json::Value>,
+    last_sequence: i64,
+    submitted_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl Row {
+    fn into_view(self) -> anyhow::Result<TaskView> {
+        let bad = |what: &str, message: String| {
+            anyhow::anyhow!("tasks row {}: unreadable {what}: {message}", self.task_id)
+        };
+        let task = from_wire_json(&self.spec.0).map_err(|e| bad("spec", e))?;
+        let result: TaskResult = from_wire_json(&self.result.0).map_err(|e| bad("result", e))?;
+        let status = TaskStatus::from_str_name(&self.status)
+            .ok_or_else(|| bad("status", self.status.clone()))?;
+        Ok(TaskView {
+            task_id: self.task_id.clone(),
+            task,
+            status,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            agent_id: self.agent_id.clone(),
+            output: result.output.as_ref().map(from_wire_value),
+            outputs: result.outputs,
+            error: result.error,
+            last_sequence: self.last_sequence,
+            submitted_at: self.submitted_at,
+            updated_at: self.updated_at,
+            completed_at: self.completed_at,
+        })
+    }
+}
+
+/// The `tasks` table and the task events. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TaskStore {
+    pool: PgPool,
+    events: EventStore,
+}
+
+impl TaskStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            events: EventStore::new(pool.clone()),
+            pool,
+        }
+    }
+
+    /// The dead-letter store on the same pool.
+    pub fn dead_letters(&self) -> concord_store::DeadLetterStore {
+        concord_store::DeadLetterStore::new(self.pool.clone())
+    }
+
+    /// The stored views of these tasks (absent ids are not in the map).
+    pub async fn lookup(&self, ids: &[String]) -> anyhow::Result<HashMap<String, TaskView>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Row> = sqlx::query_as(LOOKUP)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| row.into_view().map(|view| (view.task_id.clone(), view)))
+            .collect()
+    }
+
+    /// One task's view, if stored.
+    pub async fn get(&self, id: &str) -> anyhow::Result<Option<TaskView>> {
+        Ok(self.lookup(&[id.to_string()]).await?.remove(id))
+    }
+
+    /// The task's stored events, oldest first.
+    pub async fn history(&self, id: &str) -> Result<Vec<concord_store::StoredEvent>, StoreError> {
+        self.events.events_for(AGGREGATE, id).await
+    }
+
+    /// Writes a batch in one transaction; returns, per write (same order),
+    /// whether this writer owns the task (its row and events are stored).
+    /// Task ids must be unique within the batch.
+    pub async fn commit(&self, writes: &[TaskWrite]) -> Result<Vec<bool>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let stored: HashSet<String> = upsert(&mut tx, writes).await?;
+        let mut owned: Vec<bool> = writes
+            .iter()
+            .map(|w| stored.contains(&w.view.task_id))
+            .collect();
+        let events: Vec<NewEvent> = writes
+            .iter()
+            .zip(&owned)
+            .filter(|(_, owned)| **owned)
+            .flat_map(|(w, _)| w.events.iter().cloned())
+            .collect();
+        if !events.is_empty() {
+            self.events.append_in(&mut tx, &events).await?;
+        }
+        // A write refused by the sequence check may be our own, committed by
+        // an earlier try whose acknowledgement was lost: its last event is
+        // then already stored.
+        let unknown: Vec<uuid::Uuid> = writes
+            .iter()
+            .zip(&owned)
+            .filter(|(_, owned)| !**owned)
+            .filter_map(|(w, _)| w.events.last().map(|e| e.event_id))
+            .collect();
+        if !unknown.is_empty() {
+            let present: HashSet<uuid::Uuid> = sqlx::query_scalar(EXISTING_EVENTS)
+                .bind(&unknown)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+            for (write, owned) in writes.iter().zip(owned.iter_mut()) {
+                if !*owned
+                    && write
+                        .events
+                        .last()
+                        .is_some_and(|e| present.contains(&e.event_id))
+                {
+                    *owned = true;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(owned)
+    }
+
+    /// Every task row, for comparisons with a rebuilt projection.
+    pub async fn all(&self) -> anyhow::Result<Vec<TaskView>> {
+        let rows: Vec<Row> = sqlx::query_as(ALL).fetch_all(&self.pool).await?;
+        rows.into_iter().map(Row::into_view).collect()
+    }
+
+    /// Folds every stored task event into views (sorted by task id), without
+    /// touching the table.
+    pub async fn fold_events(&self) -> anyhow::Result<Vec<TaskView>> {
+        let mut histories: HashMap<String, Vec<(i64, TaskEvent, DateTime<Utc>)>> = HashMap::new();
+        let mut filter = ReplayFilter {
+            aggregate_type: Some(AGGREGATE.to_string()),
+            limit: 5000,
+            ..ReplayFilter::default()
+        };
+        loop {
+            let page = self.events.replay(&filter).await?;
+            let Some(last) = page.last() else { break };
+            filter.after_position = Some(last.position);
+            for stored in page {
+                let event = TaskEvent::parse(&stored.event_type, &stored.data)?;
+                histories.entry(stored.aggregate_id).or_default().push((
+                    stored.sequence,
+                    event,
+                    stored.occurred_at,
+                ));
+            }
+        }
+        let mut views: Vec<TaskView> = histories
+            .into_values()
+            .filter_map(|mut events| {
+                events.sort_by_key(|(sequence, _, _)| *sequence);
+                TaskView::fold(events.iter().map(|(s, e, at)| (*s, e, *at)))
+            })
+            .collect();
+        views.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        Ok(views)
+    }
+
+    /// Rebuilds the `tasks` table from the events (one transaction); returns
+    /// the number of tasks.
+    pub async fn rebuild(&self) -> anyhow::Result<usize> {
+        let views = self.fold_events().await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("delete from tasks").execute(&mut *tx).await?;
+        for chunk in views.chunks(1000) {
+            let writes: Vec<TaskWrite> = chunk
+                .iter()
+                .map(|view| TaskWrite {
+                    expected_sequence: 0,
+                    view: view.clone(),
+                    events: Vec::new(),
+                })
+                .collect();
+            upsert(&mut tx, &writes).await?;
+        }
+        tx.commit().await?;
+        Ok(views.len())
+    }
+}
+
+async fn upsert(
+    conn: &mut sqlx::PgConnection,
+    writes: &[TaskWrite],
+) -> Result<HashSet<String>, StoreError> {
+    let n = writes.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut capabilities = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut agents = Vec::with_capacity(n);
+    let mut specs = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(n);
+    let mut sequences = Vec::with_capacity(n);
+    let mut submitted = Vec::with_capacity(n);
+    let mut updated = Vec::with_capacity(n);
+    let mut completed = Vec::with_capacity(n);
+    let mut expected = Vec::with_capacity(n);
+    for write in writes {
+        let view = &write.view;
+        ids.push(view.task_id.as_str());
+        capabilities.push(view.task.capability.as_str());
+        statuses.push(view.status.as_str_name());
+        priorities.push(view.task.priority as i32);
+        correlations.push(view.task.correlation_id.as_str());
+        attempts.push(view.attempts as i32);
+        agents.push(view.agent_id.as_str());
+        specs.push(Json(wire_json(&view.task)));
+        results.push(Json(wire_json(&view.result())));
+        sequences.push(view.last_sequence);
+        submitted.push(view.submitted_at);
+        updated.push(view.updated_at);
+        completed.push(view.completed_at);
+        expected.push(write.expected_sequence);
+    }
+    let stored: Vec<String> = sqlx::query_scalar(UPSERT)
+        .bind(ids)
+        .bind(capabilities)
+        .bind(statuses)
+        .bind(priorities)
+        .bind(correlations)
+        .bind(attempts)
+        .bind(agents)
+        .bind(specs)
+        .bind(results)
+        .bind(sequences)
+        .bind(submitted)
+        .bind(updated)
+        .bind(completed)
+        .bind(expected)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(stored.into_iter().collect())
+}

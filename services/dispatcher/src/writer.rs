@@ -1,0 +1,159 @@
+//! The group-committing writer: task rows, task events and dead letters go
+//! to Postgres in batches (one transaction per batch: while one commits, the
+//! next accumulates), then the events are published on NATS and the engine
+//! is told which writes landed, so it can publish results and acknowledge
+//! submissions only once their outcome is durable.
+//!
+//! A failed batch is retried (Postgres restarting) until it lands or the
+//! dispatcher stops; nothing is dropped.
+
+use std::time::Duration;
+
+use concord_runtime::EventPublisher;
+use concord_store::{DeadLetterStore, NewDeadLetter};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{TaskStore, TaskWrite};
+
+/// Most task writes in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A task write, optionally with a dead letter stored before it.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub write: TaskWrite,
+    pub dead_letter: Option<NewDeadLetter>,
+}
+
+/// What became of one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub task_id: String,
+    /// False: another writer owns the task (its stored sequence moved on).
+    pub owned: bool,
+}
+
+/// Writer metrics.
+#[derive(Clone, Default)]
+pub struct WriterMetrics {
+    pub batches: Counter,
+    pub retries: Counter,
+    pub batch_size: Option<Histogram>,
+}
+
+impl WriterMetrics {
+    pub fn register(registry: &concord_telemetry::MetricsRegistry) -> Self {
+        let metrics = Self {
+            batches: Counter::default(),
+            retries: Counter::default(),
+            batch_size: Some(Histogram::new(exponential_buckets(1.0, 2.0, 11))),
+        };
+        registry.register(
+            "dispatcher_write_batches",
+            "Transactions committed by the dispatcher's task writer",
+            metrics.batches.clone(),
+        );
+        registry.register(
+            "dispatcher_write_retries",
+            "Task write batches retried after a database error",
+            metrics.retries.clone(),
+        );
+        if let Some(histogram) = &metrics.batch_size {
+            registry.register(
+                "dispatcher_write_batch_size",
+                "Task writes per transaction",
+                histogram.clone(),
+            );
+        }
+        metrics
+    }
+}
+
+/// Runs until `requests` closes (after draining it) or `stop` fires while a
+/// batch cannot be written.
+pub async fn run(
+    store: TaskStore,
+    dead_letters: DeadLetterStore,
+    events: EventPublisher,
+    mut requests: mpsc::UnboundedReceiver<WriteRequest>,
+    written: mpsc::UnboundedSender<Vec<Written>>,
+    stop: CancellationToken,
+    metrics: WriterMetrics,
+) {
+    let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = requests.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let Some(outcome) = write_with_retry(&store, &dead_letters, &batch, &stop, &metrics).await
+        else {
+            tracing::error!(
+                writes = batch.len(),
+                "dispatcher stopping with task writes not stored; their submissions stay unacknowledged and will be redelivered"
+            );
+            return;
+        };
+        metrics.batches.inc();
+        if let Some(histogram) = &metrics.batch_size {
+            histogram.observe(batch.len() as f64);
+        }
+        let mut report = Vec::with_capacity(batch.len());
+        let mut committed = Vec::new();
+        for (request, owned) in batch.drain(..).zip(outcome) {
+            if owned {
+                committed.extend(request.write.events);
+            }
+            report.push(Written {
+                task_id: request.write.view.task_id,
+                owned,
+            });
+        }
+        events.publish_committed(&committed).await;
+        if written.send(report).is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_with_retry(
+    store: &TaskStore,
+    dead_letters: &DeadLetterStore,
+    batch: &[WriteRequest],
+    stop: &CancellationToken,
+    metrics: &WriterMetrics,
+) -> Option<Vec<bool>> {
+    let letters: Vec<NewDeadLetter> = batch.iter().filter_map(|r| r.dead_letter.clone()).collect();
+    let writes: Vec<TaskWrite> = batch.iter().map(|r| r.write.clone()).collect();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        // Dead letters first (idempotent by id): a crash between the two
+        // leaves a dead letter whose task is redelivered and dead-lettered
+        // again under the same id, never a dead-lettered task without one.
+        let result = async {
+            if !letters.is_empty() {
+                dead_letters.put_many(&letters).await?;
+            }
+            store.commit(&writes).await
+        }
+        .await;
+        match result {
+            Ok(owned) => return Some(owned),
+            Err(error) => {
+                metrics.retries.inc();
+                tracing::warn!(error = %format!("{error:#}"), writes = writes.len(), retry_in_ms = delay.as_millis() as u64, "task write failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! The dispatcher against real NATS and Postgres, with the registry and SDK
+//! agents running in-process: submission through JetStream, `tasks.run`,
+//! invalid input, duplicates, retries, lease expiry, dead letters,
+//! cancellation, and the projection rebuilt from the events.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use concord_bus::{Bus, Shutdown};
+use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
+use concord_dispatcher::DispatcherConfig;
+use concord_dispatcher::projection::{from_wire_value, wire_json};
+use concord_dispatcher::store::TaskStore;
+use concord_echo_agent::EchoAgent;
+use concord_sdk::{Agent, AgentConfig};
+use concord_store::DeadLetterFilter;
+use concord_tests::World;
+use concord_wire::codec::{self, ContentType};
+use concord_wire::v1::{CancelTask, ErrorCode, GetTask, TaskResult, TaskStatus};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A world with a registry, a dispatcher and a client connection.
+struct Stack {
+    world: World,
+    client: Bus,
+    js: jetstream::Context,
+    store: TaskStore,
+    stops: Vec<(Shutdown, JoinHandle<()>)>,
+}
+
+fn test_config() -> DispatcherConfig {
+    let defaults = DispatcherConfig::default();
+    DispatcherConfig {
+        no_agent_wait: Duration::from_millis(500),
+        backoff: concord_dispatcher::backoff::BackoffPolicy {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+            ..defaults.backoff
+        },
+        ..defaults
+    }
+}
+
+impl Stack {
+    async fn start(config: DispatcherConfig) -> Stack {
+        let world = World::start().await.unwrap();
+        let mut stops = Vec::new();
+        let context = world.context(&concord_registry::INFO).await.unwrap();
+        let shutdown = context.shutdown.clone();
+        let registry = concord_registry::build(context).await.unwrap();
+        stops.push((
+            shutdown,
+            tokio::spawn(async move { registry.run_until_stopped().await.unwrap() }),
+        ));
+        let context = world.context(&concord_dispatcher::INFO).await.unwrap();
+        let pool = context.pool.clone();
+        let shutdown = context.shutdown.clone();
+        let dispatcher = concord_dispatcher::build_with(context, config)
+            .await
+            .unwrap();
+        stops.push((
+            shutdown,
+            tokio::spawn(async move { dispatcher.run_until_stopped().await.unwrap() }),
+        ));
+        let client = world.bus("test-client").await.unwrap();
+        let js = jetstream::new(client.client.clone());
+        Stack {
+            world,
+            client,
+            js,
+            store: TaskStore::new(pool),
+            stops,
+        }
+    }
+
+    /// Runs an SDK agent in-process until the stack stops.
+    async fn agent<A: Agent>(&mut self, id: &str, agent: A, max_concurrency: u32) {
+        let config = AgentConfig::new(
+            id,
+            concord_bus::BusConfig::new(self.world.nats.url(), id)
+                .with_subject_root(self.world.root.clone()),
+        )
+        .with_id(id)
+        .with_max_concurrency(max_concurrency)
+        .with_heartbeat_interval(Duration::from_millis(200));
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let _ = concord_sdk::run(agent, config, shutdown).await;
+            }
+        });
+        self.stops.insert(0, (shutdown, handle));
+        self.wait_for_agent(id).await;
+    }
+
+    /// Waits until the agent is in the published directory.
+    async fn wait_for_agent(&self, id: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let request = concord_wire::v1::GetAgent { id: id.into() };
+        loop {
+            let reply: Result<concord_wire::v1::AgentRecord, _> = self
+                .client
+                .request(
+                    self.client.subjects.endpoint("registry", "get"),
+                    &request,
+                    WAIT,
+                )
+                .await;
+            if reply.is_ok() {
+                // The dispatcher's copy follows the bucket within milliseconds.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent {id} never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes a submission into the intake stream (like `nats pub`).
+    async fn submit(&self, body: &Value, msg_id: Option<&str>) {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = msg_id {
+            headers.insert("Nats-Msg-Id", id);
+        }
+        self.js
+            .publish_with_headers(
+                self.client.subjects.tasks_submit(),
+                headers,
+                serde_json::to_vec(body).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    async fn results(&self, task_id: &str) -> async_nats::Subscriber {
+        let subscriber = self
+            .client
+            .client
+            .subscribe(self.client.subjects.task_result(task_id))
+            .await
+            .unwrap();
+        self.client.client.flush().await.unwrap();
+        subscriber
+    }
+
+    /// `nats req <root>.tasks.run '<json>'`.
+    async fn run(&self, body: &Value) -> Result<TaskResult, concord_bus::ServiceError> {
+        let message = tokio::time::timeout(
+            WAIT,
+            self.client.client.request(
+                self.client.subjects.tasks_run(),
+                serde_json::to_vec(body).unwrap().into(),
+            ),
+        )
+        .await
+        .expect("a reply in time")
+        .expect("a reply");
+        concord_bus::service::read_reply(&message)
+    }
+
+    async fn get(&self, task_id: &str) -> TaskResult {
+        self.client
+            .request(
+                self.client.subjects.join("tasks.get"),
+                &GetTask {
+                    task_id: task_id.into(),
+                    include_history: true,
+                },
+                WAIT,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the stored task is final.
+    async fn final_state(&self, task_id: &str) -> TaskResult {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(view)) = self.store.get(task_id).await
+                && matches!(
+                    view.status,
+                    TaskStatus::Completed | TaskStatus::DeadLettered | TaskStatus::Cancelled
+                )
+            {
+                return view.result();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {task_id} never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn stop(self) {
+        for (shutdown, handle) in self.stops {
+            shutdown.trigger();
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+    }
+}
+
+async fn next_result(subscriber: &mut async_nats::Subscriber) -> (TaskResult, Option<String>) {
+    let message = tokio::time::timeout(WAIT, subscriber.next())
+        .await
+        .expect("a result in time")
+        .expect("subscription open");
+    let replayed =
+        concord_bus::headers::get(message.headers.as_ref(), "Concord-Replayed").map(str::to_string);
+    (
+        codec::decode(ContentType::Json, &message.payload).unwrap(),
+        replayed,
+    )
+}
+
+fn output(result: &TaskResult) -> Value {
+    from_wire_value(result.output.as_ref().expect("an output"))
+}
+
+#[tokio::test]
+async fn a_published_task_is_run_by_an_agent_and_its_result_published() {
+    let mut stack = Stack::start(test_config()).await;
+    stack.agent("echo-1", EchoAgent, 4).await;
+    let mut results = stack.results("t-pub-1").await;
+    stack
+        .submit(
+            &json!({"id": "t-pub-1", "capability": "echo", "payload": {"text": "hi", "n": 1}}),
+            None,
+        )
+        .await;
+    let (result, replayed) = next_result(&mut results).await;
+    assert_eq!(result.status, TaskStatus::Completed as i32);
+    assert_eq!(output(&result), json!({"text": "hi", "n": 1}));
+    assert_eq!(result.agent_id, "echo-1");
+    assert_eq!(result.attempts, 1);
+    assert!(replayed.is_none());
+
+    // Status and history by request/reply.
+    let got = stack.get("t-pub-1").await;
+    assert_eq!(got.status, TaskStatus::Completed as i32);
+    let types: Vec<&str> = got.history.iter().map(|e| e.r#type.as_str()).collect();
+    assert_eq!(types, ["task.submitted", "task.assigned", "task.completed"]);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn tasks_run_replies_with_the_result_or_why_not() {
+    let mut stack = Stack::start(test_config()).await;
+    stack.agent("echo-run", EchoAgent, 4).await;
+    let reply = stack
+        .run(&json!({"capability": "echo", "payload": [1, 2, 3]}))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, TaskStatus::Completed as i32);
+    assert_eq!(output(&reply), json!([1, 2, 3]));
+    assert!(!reply.task_id.is_empty(), "an id is assigned");
+
+    // Invalid: an error naming the field, and a dead letter.
+    let error = stack
+        .run(&json!({"capability": "echo", "strategy": "FASTEST"}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidArgument);
+    assert!(error.message.contains("strategy"), "{}", error.message);
+
+    // No capable agent: dead-lettered, and the reply says so.
+    let error = stack
+        .run(&json!({"capability": "translate"}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::DeadLettered);
+    assert!(
+        error.message.contains("no eligible agent"),
+        "{}",
+        error.message
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_submissions_are_dead_lettered_with_their_bytes() {
+    let stack = Stack::start(test_config()).await;
+    for body in [
+        &b"{not json"[..],
+        br#"{"capability": 5}"#,
+        br#"{"capability":"echo","priority":"URGENT"}"#,
+    ] {
+        stack
+            .js
+            .publish(stack.client.subjects.tasks_submit(), body.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let letters = stack.world.db.pool();
+    let store = concord_store::DeadLetterStore::new(letters.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = store.list(&DeadLetterFilter::default()).await.unwrap();
+        if list.len() == 3 {
+            assert!(list.iter().all(|l| l.reason == "invalid_input"));
+            let payloads: Vec<&[u8]> = list.iter().map(|l| l.payload.as_slice()).collect();
+            assert!(payloads.contains(&&b"{not json"[..]));
+            assert!(
+                list.iter().any(|l| l.error.contains("priority")),
+                "{list:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_submission_twice_is_one_task_inside_and_beyond_the_dedupe_window() {
+    let mut stack = Stack::start(test_config()).await;
+    stack.agent("echo-dup", EchoAgent, 4).await;
+    let mut results = stack.results("t-dup").await;
+    // Same Nats-Msg-Id: JetStream drops the second inside its window.
+    let body = json!({"id": "t-dup", "capability": "echo", "payload": 1});
+    stack.submit(&body, Some("t-dup")).await;
+    stack.submit(&body, Some("t-dup")).await;
+    let (first, replayed) = next_result(&mut results).await;
+    assert_eq!(first.status, TaskStatus::Completed as i32);
+    assert!(replayed.is_none());
+    // Same task id under another message id (as after the window): the
+    // dispatcher knows the task and only re-publishes its result.
+    stack.submit(&body, Some("another-message-id")).await;
+    let (again, replayed) = next_result(&mut results).await;
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(wire_json(&again), wire_json(&first));
+    let history = stack.store.history("t-dup").await.unwrap();
+    let completed = history
+        .iter()
+        .filter(|e| e.event_type == "task.completed")
+        .count();
+    assert_eq!(completed, 1, "one completion");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_on_another_agent() {
+    let mut stack = Stack::start(test_config()).await;
+    let failing = ChaosAgent::new(ChaosConfig {
+        capability: "work".into(),
+        failure_rate: 1.0,
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    let fine = ChaosAgent::new(ChaosConfig {
+        capability: "work".into(),
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    stack.agent("a-failing", failing, 4).await;
+    stack.agent("b-fine", fine, 4).await;
+    // DIRECT is not used: whichever agent goes first, a failure moves the
+    // task to the other one.
+    for i in 0..6 {
+        let id = format!("t-retry-{i}");
+        stack
+            .submit(
+                &json!({"id": id, "capability": "work", "payload": i, "strategy": "ROUND_ROBIN"}),
+                None,
+            )
+            .await;
+    }
+    for i in 0..6 {
+        let result = stack.final_state(&format!("t-retry-{i}")).await;
+        assert_eq!(result.status, TaskStatus::Completed as i32, "{result:?}");
+        assert_eq!(result.agent_id, "b-fine");
+        assert_eq!(output(&result), json!(i));
+    }
+    let failed_then_retried =
+        stack.get("t-retry-0").await.history.len() + stack.get("t-retry-1").await.history.len();
+    assert!(
+        failed_then_retried > 6,
+        "at least one task went through a retry"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn exhausted_attempts_end_in_the_dead_letter_store_with_their_history() {
+    let mut stack = Stack::start(test_config()).await;
+    let failing = ChaosAgent::new(ChaosConfig {
+        capability: "flaky".into(),
+        failure_rate: 1.0,
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    stack.agent("flaky-1", failing, 4).await;
+    stack
+        .submit(
+            &json!({"id": "t-exhaust", "capability": "flaky", "maxAttempts": 3}),
+            None,
+        )
+        .await;
+    let result = stack.final_state("t-exhaust").await;
+    assert_eq!(result.status, TaskStatus::DeadLettered as i32);
+    assert_eq!(result.attempts, 3);
+    let store = concord_store::DeadLetterStore::new(stack.world.db.pool().clone());
+    let letters = store.list(&DeadLetterFilter::default()).await.unwrap();
+    let letter = letters
+        .iter()
+        .find(|l| l.reason == "max_attempts")
+        .expect("a dead letter");
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(
+        letter.history.as_array().unwrap().len(),
+        3,
+        "{}",
+        letter.history
+    );
+    let submitted: Value = serde_json::from_slice(&letter.payload).unwrap();
+    assert_eq!(submitted["id"], "t-exhaust");
+
+    // A permanent error dead-letters at once.
+    let permanent = ChaosAgent::new(ChaosConfig {
+        capability: "doomed".into(),
+        permanent_failure_rate: 1.0,
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    stack.agent("doomed-1", permanent, 4).await;
+    stack
+        .submit(
+            &json!({"id": "t-doomed", "capability": "doomed", "maxAttempts": 5}),
+            None,
+        )
+        .await;
+    let result = stack.final_state("t-doomed").await;
+    assert_eq!(result.status, TaskStatus::DeadLettered as i32);
+    assert_eq!(result.attempts, 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_never_answers_loses_the_task_when_its_lease_expires() {
+    let mut stack = Stack::start(test_config()).await;
+    let slow = ChaosAgent::new(ChaosConfig {
+        capability: "slow".into(),
+        latency: Latency::Fixed(Duration::from_secs(30)),
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    stack.agent("a-slow", slow, 4).await;
+    stack
+        .submit(
+            &json!({"id": "t-lease", "capability": "slow", "timeoutMs": 300, "maxAttempts": 2, "strategy": "ROUND_ROBIN"}),
+            None,
+        )
+        .await;
+    // Once the first lease expired, a fast agent appears and takes the retry.
+    let fast = ChaosAgent::new(ChaosConfig {
+        capability: "slow".into(),
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stack.agent("b-fast", fast, 4).await;
+    let result = stack.final_state("t-lease").await;
+    assert_eq!(result.status, TaskStatus::Completed as i32, "{result:?}");
+    assert_eq!(result.agent_id, "b-fast");
+    let history = stack.get("t-lease").await.history;
+    let failed = history
+        .iter()
+        .find(|e| e.r#type == "task.failed")
+        .expect("the expired attempt is recorded");
+    let data = serde_json::to_value(&failed.data).unwrap();
+    assert_eq!(data["error"]["code"], "lease_expired", "{data}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn running_and_pending_tasks_can_be_cancelled() {
+    let mut stack = Stack::start(test_config()).await;
+    let slow = ChaosAgent::new(ChaosConfig {
+        capability: "long".into(),
+        latency: Latency::Fixed(Duration::from_secs(30)),
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    stack.agent("long-1", slow, 1).await;
+    stack
+        .submit(&json!({"id": "t-running", "capability": "long"}), None)
+        .await;
+    stack
+        .submit(&json!({"id": "t-pending", "capability": "long"}), None)
+        .await;
+    // Wait until the first runs (the second waits: capacity 1).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stack
+        .store
+        .get("t-running")
+        .await
+        .unwrap()
+        .is_none_or(|v| v.attempts == 0)
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for id in ["t-pending", "t-running"] {
+        let result: TaskResult = stack
+            .client
+            .request(
+                stack.client.subjects.join("tasks.cancel"),
+                &CancelTask {
+                    task_id: id.into(),
+                    reason: "operator".into(),
+                },
+                WAIT,
+            )
+            .await
+            .unwrap();
+        assert_eq!(result.status, TaskStatus::Cancelled as i32, "{id}");
+        assert_eq!(result.error.unwrap().message, "operator");
+    }
+    assert_eq!(
+        stack.final_state("t-running").await.status,
+        TaskStatus::Cancelled as i32
+    );
+    // Unknown ids get NOT_FOUND.
+    let error = stack
+        .client
+        .request::<_, TaskResult>(
+            stack.client.subjects.join("tasks.cancel"),
+            &CancelTask {
+                task_id: "t-nope".into(),
+                reason: String::new(),
+            },
+            WAIT,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::NotFound);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_projection_rebuilt_from_the_events_equals_the_live_one() {
+    let mut stack = Stack::start(test_config()).await;
+    stack.agent("echo-p", EchoAgent, 8).await;
+    let flaky = ChaosAgent::new(ChaosConfig {
+        capability: "mixed".into(),
+        failure_rate: 0.5,
+        seed: 7,
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    stack.agent("mixed-1", flaky, 8).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let capability = match i % 3 {
+            0 => "echo",
+            1 => "mixed",
+            _ => "nobody-has-this",
+        };
+        let id = format!("t-proj-{i}");
+        stack
+            .submit(
+                &json!({"id": id, "capability": capability, "payload": {"i": i}, "maxAttempts": 2}),
+                None,
+            )
+            .await;
+        ids.push(id);
+    }
+    for id in &ids {
+        stack.final_state(id).await;
+    }
+    let live = stack.store.all().await.unwrap();
+    assert_eq!(live.len(), 40);
+    let rebuilt = stack.store.fold_events().await.unwrap();
+    assert_eq!(rebuilt, live);
+    // Rebuilding the table gives the same rows again.
+    assert_eq!(stack.store.rebuild().await.unwrap(), 40);
+    assert_eq!(stack.store.all().await.unwrap(), live);
+    stack.stop().await;
+}
