@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use concord_config::ServiceArgs;
+use concord_dispatcher::{DispatcherArgs, DispatcherConfig};
 
 /// Task intake, routing, delivery, retries, dead letters and results.
 #[derive(Parser)]
@@ -11,15 +12,24 @@ use concord_config::ServiceArgs;
 struct Cli {
     #[command(flatten)]
     service: ServiceArgs,
+    #[command(flatten)]
+    dispatcher: DispatcherArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = match DispatcherConfig::from_args(&cli.dispatcher) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("concord-dispatcher: error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     concord_runtime::run_service(
         concord_dispatcher::INFO,
         cli.service,
         |context| async move {
-            concord_dispatcher::build(context)
+            concord_dispatcher::build_with(context, config)
                 .await?
                 .run_until_stopped()
                 .await

@@ -1,0 +1,468 @@
+//! Proof of reliability: 10,000 tasks under load while the dispatcher (a
+//! separate process) is SIGKILLed and restarted twice, an agent process
+//! crashes mid-task, nats-server is killed and restarted and Postgres is
+//! killed and restarted. Afterwards every task is completed exactly once or
+//! dead-lettered with a reason; none is missing. And: two dispatcher
+//! replicas share the load without completing any task twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use concord_bus::Shutdown;
+use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
+use concord_config::{DatabaseArgs, LogFormat, NatsArgs, ServiceArgs, TelemetryArgs};
+use concord_runtime::ServiceContext;
+use concord_sdk::AgentConfig;
+use concord_testkit::{NatsServer, PostgresServer, ServiceProcess, service_binary};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+const TASKS: usize = 10_000;
+
+fn service_args(nats_url: &str, database_url: &str, root: &str) -> ServiceArgs {
+    ServiceArgs {
+        nats: NatsArgs {
+            nats_url: nats_url.to_string(),
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            connect_timeout_secs: 2,
+            subject_root: root.to_string(),
+        },
+        database: DatabaseArgs {
+            database_url: database_url.to_string(),
+            max_connections: 4,
+        },
+        telemetry: TelemetryArgs {
+            log_format: LogFormat::Text,
+            log_filter: "warn".into(),
+            metrics_addr: Some("127.0.0.1:0".parse().expect("valid address")),
+            otlp_endpoint: None,
+        },
+        shutdown_grace_secs: 5,
+    }
+}
+
+/// The dispatcher binary with test-friendly timings: a short ack wait so a
+/// killed replica's submissions come back quickly.
+fn spawn_dispatcher(nats_url: &str, database_url: &str, root: &str) -> ServiceProcess {
+    let binary = service_binary("concord-dispatcher").expect("the dispatcher binary");
+    let args: Vec<String> = [
+        "--nats-url",
+        nats_url,
+        "--database-url",
+        database_url,
+        "--subject-root",
+        root,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--ack-wait-ms",
+        "2000",
+        "--retry-base-ms",
+        "20",
+        "--retry-max-ms",
+        "200",
+        "--no-agent-wait-ms",
+        "60000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    ServiceProcess::spawn(&binary, &args, &[("CONCORD_LOG".into(), "warn".into())])
+        .expect("dispatcher starts")
+}
+
+/// Runs an in-process chaos agent until `shutdown`.
+fn spawn_agent(
+    nats_url: &str,
+    root: &str,
+    id: &str,
+    config: ChaosConfig,
+    shutdown: &Shutdown,
+) -> JoinHandle<()> {
+    let agent = ChaosAgent::new(config).unwrap();
+    let config = AgentConfig::new(
+        id,
+        concord_bus::BusConfig::new(nats_url, id).with_subject_root(root.to_string()),
+    )
+    .with_id(id)
+    .with_max_concurrency(64)
+    .with_heartbeat_interval(Duration::from_millis(500));
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = concord_sdk::run(agent, config, shutdown).await;
+    })
+}
+
+/// Counts results per task id: first publications and re-publications.
+#[derive(Default)]
+struct Results {
+    fresh: HashMap<String, u32>,
+    replayed: HashMap<String, u32>,
+}
+
+async fn observe(client: async_nats::Client, subject: String, results: Arc<Mutex<Results>>) {
+    let mut subscriber = client.subscribe(subject).await.unwrap();
+    while let Some(message) = subscriber.next().await {
+        let id = message
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let replayed =
+            concord_bus::headers::get(message.headers.as_ref(), "Concord-Replayed").is_some();
+        let mut results = results.lock().unwrap();
+        let map = if replayed {
+            &mut results.replayed
+        } else {
+            &mut results.fresh
+        };
+        *map.entry(id).or_default() += 1;
+    }
+}
+
+/// Publishes one submission until JetStream confirms it (same message id on
+/// every try, so a retry after a lost ack is one task).
+async fn submit(js: &jetstream::Context, subject: &str, i: usize) {
+    let id = format!("r-{i}");
+    let body = json!({"id": id, "capability": "chaos", "payload": {"i": i}, "timeoutMs": 3000, "maxAttempts": 20});
+    let bytes: bytes::Bytes = serde_json::to_vec(&body).unwrap().into();
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let sent = async {
+            js.publish_with_headers(subject.to_string(), headers, bytes.clone())
+                .await?
+                .await
+                .map_err(|e| anyhow::anyhow!(e))
+        }
+        .await;
+        match sent {
+            Ok(_) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn count_final(pool: &sqlx::PgPool) -> Option<(i64, i64)> {
+    sqlx::query_as(
+        "select count(*) filter (where status = 'COMPLETED'), count(*) filter (where status = 'DEAD_LETTERED') from tasks",
+    )
+    .fetch_one(pool)
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres() {
+    concord_tests::init_telemetry();
+    let mut nats = NatsServer::start().await.unwrap();
+    let mut pg = PostgresServer::start().await.unwrap();
+    let root = format!("r{}", uuid::Uuid::new_v4().simple());
+    let nats_url = nats.url();
+    let db_url = pg.url();
+
+    // Registry in-process; agents in-process plus one crashing agent process.
+    let args = service_args(&nats_url, &db_url, &root);
+    let context = ServiceContext::connect(&concord_registry::INFO, &args, Shutdown::new())
+        .await
+        .unwrap();
+    let registry_shutdown = context.shutdown.clone();
+    let registry = concord_registry::build(context).await.unwrap();
+    let registry_task = tokio::spawn(async move { registry.run_until_stopped().await });
+
+    let agents_shutdown = Shutdown::new();
+    let mut agents = Vec::new();
+    for n in 0..4 {
+        let config = ChaosConfig {
+            latency: Latency::Uniform {
+                min: Duration::from_millis(0),
+                max: Duration::from_millis(5),
+            },
+            seed: n,
+            ..ChaosConfig::default()
+        };
+        agents.push(spawn_agent(
+            &nats_url,
+            &root,
+            &format!("agent-{n}"),
+            config,
+            &agents_shutdown,
+        ));
+    }
+    let crasher_binary = service_binary("concord-chaos-agent").expect("the chaos agent binary");
+    let mut crasher = ServiceProcess::spawn(
+        &crasher_binary,
+        &[
+            "--nats-url".into(),
+            nats_url.clone(),
+            "--subject-root".into(),
+            root.clone(),
+            "--agent-id".into(),
+            "crasher".into(),
+            "--max-concurrency".into(),
+            "16".into(),
+            "--latency-ms".into(),
+            "1..20".into(),
+            "--crash-after".into(),
+            "400".into(),
+        ],
+        &[],
+    )
+    .unwrap();
+
+    let mut dispatcher = spawn_dispatcher(&nats_url, &db_url, &root);
+
+    // The observer and the submitter, each with its own connection.
+    let observer_client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(&nats_url)
+        .await
+        .unwrap();
+    let results = Arc::new(Mutex::new(Results::default()));
+    let observer = tokio::spawn(observe(
+        observer_client.clone(),
+        format!("{root}.tasks.result.>"),
+        results.clone(),
+    ));
+    observer_client.flush().await.unwrap();
+    let submit_client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(&nats_url)
+        .await
+        .unwrap();
+    let js = jetstream::new(submit_client);
+    // Wait until the dispatcher created the intake stream.
+    let subject = format!("{root}.tasks.submit");
+    let stream_name = format!("{}_TASKS", root.to_uppercase());
+    for _ in 0..200 {
+        if js.get_stream(&stream_name).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let submitter = {
+        let js = js.clone();
+        let subject = subject.clone();
+        tokio::spawn(async move {
+            // About 1,000 tasks/s for ten seconds.
+            for chunk in (0..TASKS).collect::<Vec<_>>().chunks(100) {
+                let sends = chunk.iter().map(|&i| submit(&js, &subject, i));
+                futures::future::join_all(sends).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    // The faults, while the load runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dispatcher.kill().unwrap();
+    dispatcher = spawn_dispatcher(&nats_url, &db_url, &root);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.restart().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dispatcher.kill().unwrap();
+    dispatcher = spawn_dispatcher(&nats_url, &db_url, &root);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.kill().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.start_again().await.unwrap();
+
+    submitter.await.unwrap();
+    let pool = pg.connect().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let (completed, dead) = loop {
+        if let Some((completed, dead)) = count_final(&pool).await
+            && (completed + dead) as usize == TASKS
+        {
+            break (completed, dead);
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "not every task finished: {:?}; dispatcher log:\n{}",
+                count_final(&pool).await,
+                dispatcher.log_tail(60)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Let the last results arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!crasher.is_running(), "the crashing agent crashed mid-task");
+
+    // None missing, none twice.
+    let rows: i64 = sqlx::query_scalar("select count(*) from tasks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows as usize, TASKS,
+        "one row per task, none missing or extra"
+    );
+    let twice: Vec<(String, i64)> = sqlx::query_as(
+        "select aggregate_id, count(*) from events where event_type = 'task.completed' group by 1 having count(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "tasks completed twice: {twice:?}");
+    let completions: i64 =
+        sqlx::query_scalar("select count(*) from events where event_type = 'task.completed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(completions, completed);
+    let wrong_output: i64 = sqlx::query_scalar(
+        "select count(*) from tasks where status = 'COMPLETED' and (result->'output'->>'i')::int <> (spec->'payload'->>'i')::int",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(wrong_output, 0, "every output is its own task's payload");
+    // Dead-lettered tasks have their dead letter and reason.
+    let without_letter: i64 = sqlx::query_scalar(
+        "select count(*) from events e where e.event_type = 'task.dead_lettered' \
+         and not exists (select 1 from dead_letters d where d.id::text = e.data->>'deadLetterId')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        without_letter, 0,
+        "every dead-lettered task has its dead letter"
+    );
+
+    // On the result subject: no task's result published twice as new.
+    let results = results.lock().unwrap();
+    let duplicates: Vec<(&String, &u32)> = results.fresh.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "results published twice: {duplicates:?}"
+    );
+    let seen = results.fresh.len();
+    let missing: Vec<String> = (0..TASKS)
+        .map(|i| format!("r-{i}"))
+        .filter(|id| !results.fresh.contains_key(id) && !results.replayed.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} results never seen on the result subject, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    eprintln!(
+        "reliability: {completed} completed, {dead} dead-lettered, results seen {seen} (+{} re-published after recovery)",
+        results.replayed.values().sum::<u32>()
+    );
+    drop(results);
+
+    dispatcher.terminate(Duration::from_secs(5)).await.unwrap();
+    agents_shutdown.trigger();
+    for agent in agents {
+        let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    }
+    registry_shutdown.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(5), registry_task).await;
+    observer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice() {
+    let world = concord_tests::World::start().await.unwrap();
+    let mut stops = Vec::new();
+    let context = world.context(&concord_registry::INFO).await.unwrap();
+    stops.push(context.shutdown.clone());
+    let registry = concord_registry::build(context).await.unwrap();
+    tokio::spawn(async move { registry.run_until_stopped().await });
+    let mut registries = Vec::new();
+    for _ in 0..2 {
+        let context = world.context(&concord_dispatcher::INFO).await.unwrap();
+        stops.push(context.shutdown.clone());
+        registries.push(context.metrics.clone());
+        let dispatcher = concord_dispatcher::build(context).await.unwrap();
+        tokio::spawn(async move { dispatcher.run_until_stopped().await });
+    }
+    let agents_shutdown = Shutdown::new();
+    for n in 0..3 {
+        let config = ChaosConfig {
+            latency: Latency::Uniform {
+                min: Duration::from_millis(0),
+                max: Duration::from_millis(3),
+            },
+            seed: n,
+            ..ChaosConfig::default()
+        };
+        spawn_agent(
+            &world.nats.url(),
+            &world.root,
+            &format!("agent-{n}"),
+            config,
+            &agents_shutdown,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let client = world.bus("submitter").await.unwrap();
+    let js = jetstream::new(client.client.clone());
+    let subject = client.subjects.tasks_submit();
+    let total = 2000;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(200) {
+        futures::future::join_all(chunk.iter().map(|&i| submit(&js, &subject, i))).await;
+    }
+    let pool = world.db.pool().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((completed, dead)) = count_final(&pool).await {
+            assert_eq!(dead, 0);
+            if completed as usize == total {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tasks did not finish: {:?}",
+            count_final(&pool).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let twice: i64 = sqlx::query_scalar(
+        "select count(*) from (select aggregate_id from events where event_type = 'task.completed' group by 1 having count(*) > 1) d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(twice, 0, "no task completed twice");
+    let per_replica: Vec<u64> = registries
+        .iter()
+        .map(|metrics| completed_metric(&metrics.encode()))
+        .collect();
+    assert_eq!(
+        per_replica.iter().sum::<u64>(),
+        total as u64,
+        "{per_replica:?}"
+    );
+    assert!(
+        per_replica.iter().all(|n| *n > 0),
+        "both replicas worked: {per_replica:?}"
+    );
+    eprintln!("replicas completed {per_replica:?}");
+    agents_shutdown.trigger();
+    for stop in stops {
+        stop.trigger();
+    }
+}
+
+fn completed_metric(text: &str) -> u64 {
+    text.lines()
+        .find(|line| line.contains("dispatcher_tasks_completed") && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .unwrap_or(0)
+}
