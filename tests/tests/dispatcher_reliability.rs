@@ -340,28 +340,30 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
     );
 
     // On the result subject: no task's result published twice as new.
-    let results = results.lock().unwrap();
-    let duplicates: Vec<(&String, &u32)> = results.fresh.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicates.is_empty(),
-        "results published twice: {duplicates:?}"
-    );
-    let seen = results.fresh.len();
-    let missing: Vec<String> = (0..TASKS)
-        .map(|i| format!("r-{i}"))
-        .filter(|id| !results.fresh.contains_key(id) && !results.replayed.contains_key(id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} results never seen on the result subject, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    eprintln!(
-        "reliability: {completed} completed, {dead} dead-lettered, results seen {seen} (+{} re-published after recovery)",
-        results.replayed.values().sum::<u32>()
-    );
-    drop(results);
+    {
+        let results = results.lock().unwrap();
+        let duplicates: Vec<(&String, &u32)> =
+            results.fresh.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            duplicates.is_empty(),
+            "results published twice: {duplicates:?}"
+        );
+        let seen = results.fresh.len();
+        let missing: Vec<String> = (0..TASKS)
+            .map(|i| format!("r-{i}"))
+            .filter(|id| !results.fresh.contains_key(id) && !results.replayed.contains_key(id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} results never seen on the result subject, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        eprintln!(
+            "reliability: {completed} completed, {dead} dead-lettered, results seen {seen} (+{} re-published after recovery)",
+            results.replayed.values().sum::<u32>()
+        );
+    }
 
     dispatcher.terminate(Duration::from_secs(5)).await.unwrap();
     agents_shutdown.trigger();
