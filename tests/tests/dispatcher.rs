@@ -464,7 +464,7 @@ async fn an_agent_that_never_answers_loses_the_task_when_its_lease_expires() {
     stack.agent("a-slow", slow, 4).await;
     stack
         .submit(
-            &json!({"id": "t-lease", "capability": "slow", "timeoutMs": 300, "maxAttempts": 2, "strategy": "ROUND_ROBIN"}),
+            &json!({"id": "t-lease", "capability": "slow", "timeoutMs": 300, "maxAttempts": 5, "strategy": "ROUND_ROBIN"}),
             None,
         )
         .await;

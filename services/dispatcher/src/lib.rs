@@ -158,13 +158,19 @@ pub async fn build_with(
         progress,
     };
     let grace = context.shutdown_grace;
-    service.spawn_background(async move {
-        engine.run(inputs, stop, grace).await;
-        // The engine handed its last writes over (it dropped the sender):
-        // the writer drains them; give up only if the database is gone.
-        tokio::time::sleep(grace).await;
-        writer_stop.cancel();
+    // When the engine returns it drops the writer's sender: the writer
+    // drains what it was handed and ends. It gives up retrying a failing
+    // batch only `grace` after shutdown began (the database is gone; the
+    // submissions stay unacknowledged and are redelivered).
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+            writer_stop.cancel();
+        }
     });
+    service.spawn_background(engine.run(inputs, stop, grace));
 
     let endpoints = endpoints::Endpoints {
         bus: bus.clone(),
