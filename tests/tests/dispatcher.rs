@@ -594,3 +594,91 @@ async fn the_projection_rebuilt_from_the_events_equals_the_live_one() {
     assert_eq!(stack.store.all().await.unwrap(), live);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
+    use concord_wire::v1::{
+        AgentResult, Capability, RegisterAgent, RegisterAgentReply, TaskAssignment, agent_result,
+    };
+    let stack = Stack::start(test_config()).await;
+    let subjects = stack.client.subjects.clone();
+    // An agent speaking the documented protocol with a bare NATS client.
+    let mut assignments = stack
+        .client
+        .client
+        .subscribe(subjects.agent_tasks("raw-1"))
+        .await
+        .unwrap();
+    let _: RegisterAgentReply = stack
+        .client
+        .request(
+            subjects.endpoint("registry", "register"),
+            &RegisterAgent {
+                id: "raw-1".into(),
+                name: "raw".into(),
+                capabilities: vec![Capability {
+                    name: "raw".into(),
+                    level: 1.0,
+                }],
+                max_concurrency: 1,
+                ..Default::default()
+            },
+            WAIT,
+        )
+        .await
+        .unwrap();
+    stack.wait_for_agent("raw-1").await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", traceparent);
+    let mut results = stack.results("t-raw").await;
+    stack
+        .js
+        .publish_with_headers(
+            subjects.tasks_submit(),
+            headers,
+            br#"{"id":"t-raw","capability":"raw","payload":{"q":1}}"#
+                .to_vec()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(WAIT, assignments.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        concord_bus::headers::get(message.headers.as_ref(), "traceparent"),
+        Some(traceparent)
+    );
+    let assignment: TaskAssignment = codec::decode(ContentType::Json, &message.payload).unwrap();
+    assert_eq!(assignment.task_id, "t-raw");
+    assert_eq!(assignment.attempt, 1);
+    assert_eq!(
+        from_wire_value(assignment.payload.as_ref().unwrap()),
+        json!({"q": 1})
+    );
+    let reply = AgentResult {
+        task_id: "t-raw".into(),
+        attempt: 1,
+        agent_id: "raw-1".into(),
+        outcome: Some(agent_result::Outcome::Output(
+            concord_dispatcher::projection::to_wire_value(json!("done")),
+        )),
+    };
+    stack
+        .client
+        .client
+        .publish(
+            message.reply.unwrap(),
+            codec::encode(ContentType::Json, &reply).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let (result, _) = next_result(&mut results).await;
+    assert_eq!(result.status, TaskStatus::Completed as i32);
+    assert_eq!(output(&result), json!("done"));
+    stack.stop().await;
+}

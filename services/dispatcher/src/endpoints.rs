@@ -73,6 +73,7 @@ impl Endpoints {
         let mut publish_headers = HeaderMap::new();
         publish_headers.insert(headers::CONTENT_TYPE, content_type.as_str());
         publish_headers.insert(headers::MSG_ID, spec.id.as_str());
+        headers::inject_trace_context(&mut publish_headers);
         self.jetstream
             .publish_with_headers(
                 self.bus.subjects.tasks_submit(),

@@ -239,10 +239,21 @@ impl Engine {
         let payload: bytes::Bytes = codec::encode(ContentType::Json, &assignment)
             .expect("assignments encode")
             .into();
+        // The submitter's trace goes on to the agent: one task, one trace.
+        let trace: Vec<(&str, String)> = [headers::TRACEPARENT, headers::TRACESTATE]
+            .into_iter()
+            .filter_map(|name| {
+                let held = &self.tasks[task_id];
+                headers::get(held.message.headers.as_ref(), name).map(|v| (name, v.to_string()))
+            })
+            .collect();
         for (index, agent) in agents.iter().enumerate() {
             self.loads.adjust_own(agent, 1);
             let mut headers = HeaderMap::new();
             headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
+            for (name, value) in &trace {
+                headers.insert(*name, value.as_str());
+            }
             let reply = format!("{}.{task_id}.{attempt}.{index}", self.inbox);
             if let Err(error) = self
                 .bus
