@@ -582,15 +582,20 @@ async fn the_projection_rebuilt_from_the_events_equals_the_live_one() {
             .await;
         ids.push(id);
     }
+    // No payload: the echo agent answers null.
+    stack
+        .submit(&json!({"id": "t-proj-null", "capability": "echo"}), None)
+        .await;
+    ids.push("t-proj-null".to_string());
     for id in &ids {
         stack.final_state(id).await;
     }
     let live = stack.store.all().await.unwrap();
-    assert_eq!(live.len(), 40);
+    assert_eq!(live.len(), 41);
     let rebuilt = stack.store.fold_events().await.unwrap();
     assert_eq!(rebuilt, live);
     // Rebuilding the table gives the same rows again.
-    assert_eq!(stack.store.rebuild().await.unwrap(), 40);
+    assert_eq!(stack.store.rebuild().await.unwrap(), 41);
     assert_eq!(stack.store.all().await.unwrap(), live);
     stack.stop().await;
 }

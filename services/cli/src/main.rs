@@ -1,10 +1,12 @@
 //! `concord`: the operator CLI. Talks to the services over NATS and reads the
-//! event store and dead letters in Postgres.
+//! event store, the task projection and dead letters in Postgres.
 
 mod agents;
 mod dlq;
 mod events;
+mod json;
 mod ping;
+mod tasks;
 
 use std::process::ExitCode;
 
@@ -33,7 +35,12 @@ enum Command {
     /// List, show and deregister agents (the registry's directory).
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
-    /// Watch or replay events.
+    /// Submit a task to the dispatcher: print its id, or with --wait its result.
+    Submit(tasks::SubmitArgs),
+    /// Show, cancel and watch tasks (the dispatcher's endpoints).
+    #[command(subcommand)]
+    Task(tasks::TaskCommand),
+    /// Watch or replay events; rebuild or verify the task projection.
     #[command(subcommand)]
     Events(events::EventsCommand),
     /// Inspect, replay and purge dead letters.
@@ -64,6 +71,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ping(args) => ping::ping(&connect(&cli.nats).await?, args).await,
         Command::Services(args) => ping::services(&connect(&cli.nats).await?, args).await,
         Command::Agents(command) => agents::run(&connect(&cli.nats).await?, command).await,
+        Command::Submit(args) => tasks::submit(&connect(&cli.nats).await?, args).await,
+        Command::Task(command) => tasks::run(&connect(&cli.nats).await?, command).await,
         Command::Events(command) => events::run(&cli.nats, &cli.database, command).await,
         Command::Dlq(command) => dlq::run(&cli.nats, &cli.database, command).await,
         Command::Migrate => {

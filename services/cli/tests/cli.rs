@@ -87,7 +87,11 @@ async fn dlq_lists_shows_replays_and_purges() -> anyhow::Result<()> {
         .put(&NewDeadLetter {
             id,
             subject: "concord.registry.register".into(),
-            headers: [("Content-Type".to_string(), "application/json".to_string())].into(),
+            headers: [
+                ("Content-Type".to_string(), "application/json".to_string()),
+                ("Nats-Msg-Id".to_string(), "m-1".to_string()),
+            ]
+            .into(),
             payload: br#"{"bad":true}"#.to_vec(),
             reason: "invalid_input".into(),
             error: "bad: unknown field".into(),
@@ -127,14 +131,17 @@ async fn dlq_lists_shows_replays_and_purges() -> anyhow::Result<()> {
         .await?
         .unwrap();
     assert_eq!(&message.payload[..], br#"{"bad":true}"#);
+    let headers = message.headers.unwrap();
     assert_eq!(
-        message
-            .headers
-            .unwrap()
-            .get("Content-Type")
-            .unwrap()
-            .as_str(),
+        headers.get("Content-Type").unwrap().as_str(),
         "application/json"
+    );
+    // The duplicate window must not swallow the replay; the receiver learns
+    // which dead letter it replays.
+    assert!(headers.get("Nats-Msg-Id").is_none());
+    assert_eq!(
+        headers.get("Concord-Replay-Of").unwrap().as_str(),
+        id.to_string()
     );
     assert_eq!(store.get(id).await?.unwrap().replay_count, 1);
 

@@ -184,7 +184,9 @@ impl Endpoints {
                 })?;
             if owned.first() == Some(&true) {
                 self.events.publish_committed(&[event]).await;
-                return Reply::to(&request, &write.view.result());
+                let result = write.view.result();
+                publish_result(&self.bus, &result).await;
+                return Reply::to(&request, &result);
             }
         }
         Err(ServiceError::new(
@@ -194,6 +196,24 @@ impl Endpoints {
                 cancel.task_id
             ),
         ))
+    }
+}
+
+/// Publishes a final result on `<root>.tasks.result.<id>`.
+async fn publish_result(bus: &Bus, result: &TaskResult) {
+    let payload = codec::encode(ContentType::Json, result).expect("results encode");
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
+    if let Err(error) = bus
+        .client
+        .publish_with_headers(
+            bus.subjects.task_result(&result.task_id),
+            headers,
+            payload.into(),
+        )
+        .await
+    {
+        tracing::warn!(%error, task_id = %result.task_id, "cannot publish task result");
     }
 }
 

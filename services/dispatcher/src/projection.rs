@@ -328,7 +328,9 @@ impl TaskView {
             } => {
                 self.status = TaskStatus::Completed;
                 self.agent_id = agent_id.clone();
-                self.output = output.clone();
+                // A JSON null output is no output: that is how the stored
+                // `TaskResult` reads it back, so live and replayed agree.
+                self.output = output.clone().filter(|value| !value.is_null());
                 self.outputs = outputs.clone();
                 self.error = None;
                 self.completed_at = Some(at);

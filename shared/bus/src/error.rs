@@ -9,7 +9,7 @@ use concord_wire::v1::{ErrorCode, ErrorReply};
 /// type, not log lines; the service scaffold turns them into an [`ErrorReply`]
 /// body plus `Nats-Service-Error`/`Nats-Service-Error-Code` headers.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{}: {message}", code.as_str_name())]
+#[error("{}: {message}", code.label())]
 pub struct ServiceError {
     pub code: ErrorCode,
     pub message: String,

@@ -3,6 +3,14 @@
 use crate::v1::{ErrorCode, ErrorReply};
 
 impl ErrorCode {
+    /// The code's short name for people: the schema name without the
+    /// `ERROR_CODE_` prefix that proto3 needs on three of them
+    /// (`UNAVAILABLE`, `CANCELLED`, `DEAD_LETTERED`, `NOT_FOUND`, ...).
+    pub fn label(self) -> &'static str {
+        let name = self.as_str_name();
+        name.strip_prefix("ERROR_CODE_").unwrap_or(name)
+    }
+
     /// The HTTP-like status carried in [`ErrorReply::status`] for this code.
     ///
     /// `Cancelled` maps to 499 (the "client closed request" status gRPC
@@ -107,5 +115,9 @@ mod tests {
             "ERROR_CODE_DEAD_LETTERED"
         );
         assert_eq!(ErrorCode::NotFound.as_str_name(), "NOT_FOUND");
+        assert_eq!(ErrorCode::DeadLettered.label(), "DEAD_LETTERED");
+        assert_eq!(ErrorCode::Unavailable.label(), "UNAVAILABLE");
+        assert_eq!(ErrorCode::NotFound.label(), "NOT_FOUND");
+        assert_eq!(ErrorCode::Unspecified.label(), "UNSPECIFIED");
     }
 }

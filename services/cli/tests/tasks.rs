@@ -1,0 +1,583 @@
+//! `concord submit`, `task get|cancel|watch`, `events replay --project tasks`
+//! and `dlq replay` of a dead-lettered task, against a real registry and
+//! dispatcher (in-process, real NATS and Postgres) with SDK agents.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use concord_bus::{Bus, BusConfig, Shutdown};
+use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
+use concord_config::{DatabaseArgs, LogFormat, NatsArgs, ServiceArgs, TelemetryArgs};
+use concord_dispatcher::DispatcherConfig;
+use concord_dispatcher::store::TaskStore;
+use concord_echo_agent::EchoAgent;
+use concord_sdk::{Agent, AgentConfig};
+use concord_store::{DeadLetterFilter, DeadLetterStore};
+use concord_testkit::{NatsServer, TestDatabase};
+use concord_wire::v1::TaskStatus;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn service_args(nats: &NatsServer, db: &TestDatabase) -> ServiceArgs {
+    ServiceArgs {
+        nats: NatsArgs {
+            nats_url: nats.url(),
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            connect_timeout_secs: 2,
+            subject_root: "concord".into(),
+        },
+        database: DatabaseArgs {
+            database_url: db.url().to_string(),
+            max_connections: 4,
+        },
+        telemetry: TelemetryArgs {
+            log_format: LogFormat::Text,
+            log_filter: "warn".into(),
+            metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+            otlp_endpoint: None,
+        },
+        shutdown_grace_secs: 2,
+    }
+}
+
+/// A registry and a dispatcher (no-agent wait shortened) on their own
+/// nats-server and database.
+struct Stack {
+    nats: NatsServer,
+    db: TestDatabase,
+    client: Bus,
+    store: TaskStore,
+    stops: Vec<(Shutdown, JoinHandle<()>)>,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let nats = NatsServer::start().await.unwrap();
+        let db = TestDatabase::create().await.unwrap();
+        let args = service_args(&nats, &db);
+        let mut stops = Vec::new();
+
+        let context = concord_runtime::ServiceContext::connect(
+            &concord_registry::INFO,
+            &args,
+            Shutdown::new(),
+        )
+        .await
+        .unwrap();
+        let shutdown = context.shutdown.clone();
+        let registry = concord_registry::build(context).await.unwrap();
+        stops.push((
+            shutdown,
+            tokio::spawn(async move { registry.run_until_stopped().await.unwrap() }),
+        ));
+
+        let context = concord_runtime::ServiceContext::connect(
+            &concord_dispatcher::INFO,
+            &args,
+            Shutdown::new(),
+        )
+        .await
+        .unwrap();
+        let shutdown = context.shutdown.clone();
+        let store = TaskStore::new(context.pool.clone());
+        let defaults = DispatcherConfig::default();
+        let config = DispatcherConfig {
+            no_agent_wait: Duration::from_millis(500),
+            backoff: concord_dispatcher::backoff::BackoffPolicy {
+                base: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+                ..defaults.backoff
+            },
+            ..defaults
+        };
+        let dispatcher = concord_dispatcher::build_with(context, config)
+            .await
+            .unwrap();
+        stops.push((
+            shutdown,
+            tokio::spawn(async move { dispatcher.run_until_stopped().await.unwrap() }),
+        ));
+        let client = concord_bus::connect(&BusConfig::new(nats.url(), "cli-test"))
+            .await
+            .unwrap();
+        Stack {
+            nats,
+            db,
+            client,
+            store,
+            stops,
+        }
+    }
+
+    /// Runs an SDK agent in-process until the stack stops; returns once the
+    /// registry lists it.
+    async fn agent<A: Agent>(&mut self, id: &str, agent: A, max_concurrency: u32) {
+        let config = AgentConfig::new(id, BusConfig::new(self.nats.url(), id))
+            .with_id(id)
+            .with_max_concurrency(max_concurrency)
+            .with_heartbeat_interval(Duration::from_millis(200));
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let _ = concord_sdk::run(agent, config, shutdown).await;
+            }
+        });
+        self.stops.insert(0, (shutdown, handle));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found: Result<concord_wire::v1::AgentRecord, _> = self
+                .client
+                .request(
+                    self.client.subjects.endpoint("registry", "get"),
+                    &concord_wire::v1::GetAgent { id: id.into() },
+                    WAIT,
+                )
+                .await;
+            if found.is_ok() {
+                // The dispatcher's copy of the directory follows within milliseconds.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent {id} never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"));
+        command
+            .env("CONCORD_NATS_URL", self.nats.url())
+            .env("CONCORD_DATABASE_URL", self.db.url())
+            .env("CONCORD_SUBJECT_ROOT", "concord")
+            .args(args)
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `concord <args>` to completion.
+    async fn concord(&self, args: &[&str]) -> Output {
+        tokio::time::timeout(WAIT * 2, self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("concord {args:?} did not finish"))
+            .expect("run concord")
+    }
+
+    /// Runs `concord <args>`, expecting success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let output = self.concord(args).await;
+        assert!(
+            output.status.success(),
+            "concord {args:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `concord task get <id> --history` as JSON.
+    async fn get(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["task", "get", id, "--history"]).await).unwrap()
+    }
+
+    /// Waits until the stored task has `status`.
+    async fn wait_for(&self, id: &str, status: TaskStatus) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let view = self.store.get(id).await.unwrap();
+            if view.as_ref().is_some_and(|v| v.status == status) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} never became {status:?}: {view:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn stop(self) {
+        for (shutdown, handle) in self.stops {
+            shutdown.trigger();
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+    }
+}
+
+fn history_types(result: &Value) -> Vec<String> {
+    result["history"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_prints_the_id_and_task_get_and_watch_follow_the_task() {
+    let mut stack = Stack::start().await;
+    stack.agent("echo-1", EchoAgent, 4).await;
+
+    // Watch a task before it exists: its events, then its result, then exit.
+    let mut watch = stack
+        .command(&["task", "watch", "t-watched"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watch_stderr = BufReader::new(watch.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, watch_stderr.next_line())
+        .await
+        .expect("watch subscribed in time")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(first.starts_with("watching"), "{first}");
+    let printed = stack
+        .ok(&[
+            "submit",
+            "--capability",
+            "echo",
+            "--id",
+            "t-watched",
+            "--payload",
+            r#"{"text":"hi"}"#,
+        ])
+        .await;
+    assert_eq!(printed.trim(), "t-watched");
+    let watched = tokio::time::timeout(WAIT, watch.wait_with_output())
+        .await
+        .expect("watch exits after the result")
+        .unwrap();
+    assert!(watched.status.success());
+    let lines = String::from_utf8(watched.stdout).unwrap();
+    let subjects: Vec<&str> = lines
+        .lines()
+        .map(|line| {
+            let mut fields = line.splitn(3, "  ");
+            let (_time, subject, body) = (
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+            );
+            let body: Value = serde_json::from_str(body).unwrap();
+            if subject.contains(".events.") {
+                assert_eq!(body["aggregateId"], "t-watched", "{line}");
+            }
+            subject
+        })
+        .collect();
+    assert!(
+        subjects.contains(&"concord.events.task.submitted"),
+        "{lines}"
+    );
+    assert!(
+        subjects.contains(&"concord.tasks.result.t-watched"),
+        "{lines}"
+    );
+
+    // No --id: a fresh UUID v7 is printed, and `task get` shows the task.
+    let printed = stack
+        .ok(&["submit", "--capability", "echo", "--payload", "[1,2]"])
+        .await;
+    let id = printed.trim().to_string();
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+    stack.wait_for(&id, TaskStatus::Completed).await;
+    let result = stack.get(&id).await;
+    assert_eq!(result["status"], "COMPLETED", "{result}");
+    assert_eq!(result["output"], json!([1, 2]));
+    assert!(!stack.ok(&["task", "get", &id]).await.contains("1.0"));
+    assert_eq!(result["agentId"], "echo-1");
+    assert_eq!(
+        history_types(&result),
+        ["task.submitted", "task.assigned", "task.completed"]
+    );
+    // Without --history, no history.
+    let plain: Value = serde_json::from_str(&stack.ok(&["task", "get", &id]).await).unwrap();
+    assert!(plain.get("history").is_none(), "{plain}");
+
+    // Watching a finished task prints its result and exits at once.
+    let again = stack.ok(&["task", "watch", &id]).await;
+    assert_eq!(again.lines().count(), 1, "{again}");
+    assert!(again.contains("\"COMPLETED\""), "{again}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_prints_the_result_or_the_error() {
+    let mut stack = Stack::start().await;
+    stack.agent("echo-w", EchoAgent, 4).await;
+    let out = stack
+        .ok(&[
+            "submit",
+            "--wait",
+            "--capability",
+            "echo",
+            "--payload",
+            r#"{"n":1}"#,
+        ])
+        .await;
+    let result: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["status"], "COMPLETED", "{result}");
+    assert_eq!(result["output"], json!({"n": 1}));
+    assert!(
+        uuid::Uuid::parse_str(result["taskId"].as_str().unwrap()).is_ok(),
+        "{result}"
+    );
+
+    // A whole Task as JSON, with a priority name.
+    let out = stack
+        .ok(&[
+            "submit",
+            "--wait",
+            "--json-body",
+            r#"{"id":"t-body","capability":"echo","priority":"HIGH","payload":"x","labels":{"a":"b"}}"#,
+        ])
+        .await;
+    let result: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["taskId"], "t-body");
+    assert_eq!(result["output"], "x");
+
+    // Nobody has the capability: dead-lettered, an error reply, exit 1.
+    let failed = stack
+        .concord(&["submit", "--wait", "--capability", "translate"])
+        .await;
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("error: DEAD_LETTERED: "), "{stderr}");
+    assert!(failed.stdout.is_empty());
+
+    // Refused before anything is sent.
+    let bad = stack
+        .concord(&["submit", "--capability", "echo", "--strategy", "fastest"])
+        .await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ROUND_ROBIN"));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_get_of_an_unknown_id_fails_with_not_found() {
+    let stack = Stack::start().await;
+    let output = stack.concord(&["task", "get", "t-nope"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("NOT_FOUND") && stderr.contains("t-nope"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(output.stdout.is_empty());
+    let cancel = stack.concord(&["task", "cancel", "t-nope"]).await;
+    assert!(!cancel.status.success());
+    assert!(String::from_utf8_lossy(&cancel.stderr).contains("NOT_FOUND"));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_cancel_stops_a_long_running_task() {
+    let mut stack = Stack::start().await;
+    let slow = ChaosAgent::new(ChaosConfig {
+        capability: "long".into(),
+        latency: Latency::Fixed(Duration::from_secs(60)),
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    stack.agent("long-1", slow, 1).await;
+    stack
+        .ok(&["submit", "--capability", "long", "--id", "t-long"])
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stack
+        .store
+        .get("t-long")
+        .await
+        .unwrap()
+        .is_none_or(|v| v.attempts == 0)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "t-long never ran");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let out = stack
+        .ok(&["task", "cancel", "t-long", "--reason", "operator"])
+        .await;
+    let result: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["status"], "CANCELLED", "{result}");
+    assert_eq!(result["error"]["message"], "operator");
+    let history = history_types(&stack.get("t-long").await);
+    assert_eq!(history.last().map(String::as_str), Some("task.cancelled"));
+
+    // Cancelling a finished task changes nothing and says so.
+    let again = stack.concord(&["task", "cancel", "t-long"]).await;
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already finished"));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_replay_project_tasks_verifies_and_rebuilds_the_projection() {
+    let mut stack = Stack::start().await;
+    stack.agent("echo-p", EchoAgent, 4).await;
+    for i in 0..3 {
+        let id = format!("t-proj-{i}");
+        stack
+            .ok(&["submit", "--wait", "--capability", "echo", "--id", &id])
+            .await;
+    }
+    let dead = stack
+        .concord(&[
+            "submit",
+            "--wait",
+            "--capability",
+            "nobody",
+            "--id",
+            "t-proj-dead",
+        ])
+        .await;
+    assert!(!dead.status.success());
+    stack
+        .wait_for("t-proj-dead", TaskStatus::DeadLettered)
+        .await;
+
+    let verified = stack
+        .ok(&["events", "replay", "--project", "tasks", "--verify"])
+        .await;
+    assert!(
+        verified.contains("matches") && verified.contains("4 task"),
+        "{verified}"
+    );
+
+    // A lost row and a changed one: verify names them and fails.
+    sqlx::query("delete from tasks where task_id = 't-proj-1'")
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("update tasks set attempts = 7 where task_id = 't-proj-2'")
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let differs = stack
+        .concord(&["events", "replay", "--project", "tasks", "--verify"])
+        .await;
+    assert!(!differs.status.success());
+    let listed = String::from_utf8_lossy(&differs.stdout);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.contains("t-proj-1  missing from the table"),
+        "{listed}"
+    );
+    assert!(listed.contains("t-proj-2  row differs"), "{listed}");
+
+    // The rebuild puts both right.
+    let rebuilt = stack.ok(&["events", "replay", "--project", "tasks"]).await;
+    assert!(rebuilt.contains("4 task(s)"), "{rebuilt}");
+    stack
+        .ok(&["events", "replay", "--project", "tasks", "--verify"])
+        .await;
+    assert_eq!(
+        stack.store.get("t-proj-2").await.unwrap().unwrap().attempts,
+        1
+    );
+
+    // Without --project, replay prints events as before.
+    let events = stack
+        .ok(&["events", "replay", "--aggregate", "task", "--limit", "2"])
+        .await;
+    assert_eq!(events.lines().count(), 2, "{events}");
+    for line in events.lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(event["aggregate_type"], "task", "{line}");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_reopens_a_dead_lettered_task() {
+    let mut stack = Stack::start().await;
+    // No echo agent yet: both tasks are dead-lettered after the no-agent wait.
+    stack
+        .ok(&[
+            "submit",
+            "--capability",
+            "echo",
+            "--id",
+            "t-dead",
+            "--payload",
+            "\"again\"",
+        ])
+        .await;
+    // One whose id comes only from its Nats-Msg-Id (no id in the body).
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "m-dead");
+    stack
+        .client
+        .jetstream()
+        .publish_with_headers(
+            stack.client.subjects.tasks_submit(),
+            headers,
+            br#"{"capability":"echo","payload":2}"#.to_vec().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    stack.wait_for("t-dead", TaskStatus::DeadLettered).await;
+    stack.wait_for("m-dead", TaskStatus::DeadLettered).await;
+    let letters = DeadLetterStore::new(stack.db.pool().clone())
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|l| l.reason == "no_eligible_agent"));
+
+    stack.agent("echo-late", EchoAgent, 4).await;
+    for letter in &letters {
+        let out = stack.ok(&["dlq", "replay", &letter.id.to_string()]).await;
+        assert!(
+            out.contains("replayed") && out.contains("sequence"),
+            "{out}"
+        );
+    }
+    for (id, output) in [("t-dead", json!("again")), ("m-dead", json!(2))] {
+        stack.wait_for(id, TaskStatus::Completed).await;
+        let result = stack.get(id).await;
+        assert_eq!(result["output"], output, "{result}");
+        let types = history_types(&result);
+        assert_eq!(
+            types,
+            [
+                "task.submitted",
+                "task.dead_lettered",
+                "task.resubmitted",
+                "task.assigned",
+                "task.completed"
+            ],
+            "{id}"
+        );
+        let resubmitted = &result["history"][2]["data"]["deadLetterId"];
+        assert!(
+            letters
+                .iter()
+                .any(|l| resubmitted.as_str() == Some(l.id.to_string().as_str())),
+            "{result}"
+        );
+    }
+    let replayed = DeadLetterStore::new(stack.db.pool().clone())
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert!(replayed.iter().all(|l| l.replay_count == 1), "{replayed:?}");
+    stack.stop().await;
+}
