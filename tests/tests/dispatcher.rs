@@ -279,7 +279,7 @@ async fn tasks_run_replies_with_the_result_or_why_not() {
         .run(&json!({"capability": "translate"}))
         .await
         .unwrap_err();
-    assert_eq!(error.code, ErrorCode::DeadLettered);
+    assert_eq!(error.code, ErrorCode::NoEligibleAgent);
     assert!(
         error.message.contains("no eligible agent"),
         "{}",

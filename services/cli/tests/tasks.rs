@@ -356,7 +356,7 @@ async fn submit_wait_prints_the_result_or_the_error() {
         .await;
     assert!(!failed.status.success());
     let stderr = String::from_utf8_lossy(&failed.stderr);
-    assert!(stderr.contains("error: DEAD_LETTERED: "), "{stderr}");
+    assert!(stderr.contains("error: NO_ELIGIBLE_AGENT: "), "{stderr}");
     assert!(failed.stdout.is_empty());
 
     // Refused before anything is sent.

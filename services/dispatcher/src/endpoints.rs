@@ -74,7 +74,8 @@ impl Endpoints {
         publish_headers.insert(headers::CONTENT_TYPE, content_type.as_str());
         publish_headers.insert(headers::MSG_ID, spec.id.as_str());
         headers::inject_trace_context(&mut publish_headers);
-        self.jetstream
+        let ack = self
+            .jetstream
             .publish_with_headers(
                 self.bus.subjects.tasks_submit(),
                 publish_headers,
@@ -88,6 +89,15 @@ impl Endpoints {
                     "the intake stream did not confirm the task: {e}"
                 ))
             })?;
+        if ack.duplicate {
+            // The same id ran moments ago (inside the stream's duplicate
+            // window): answer with its outcome if it has one.
+            if let Ok(Some(view)) = self.store.get(&spec.id).await
+                && view.status.is_final()
+            {
+                return final_reply(&request, view.result());
+            }
+        }
         let message = match tokio::time::timeout(wait, results.next()).await {
             Ok(Some(message)) => message,
             Ok(None) => {
@@ -320,10 +330,21 @@ fn final_reply(request: &Request, result: TaskResult) -> Result<Reply, ServiceEr
         .unwrap_or_default();
     match status {
         TaskStatus::Completed => Reply::to(request, &result),
-        TaskStatus::DeadLettered | TaskStatus::Failed => Err(ServiceError::new(
-            ErrorCode::DeadLettered,
-            format!("task {} was dead-lettered: {why}", result.task_id),
-        )),
+        TaskStatus::DeadLettered | TaskStatus::Failed => {
+            let no_agent = result
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code == crate::projection::reason::NO_ELIGIBLE_AGENT);
+            let code = if no_agent {
+                ErrorCode::NoEligibleAgent
+            } else {
+                ErrorCode::DeadLettered
+            };
+            Err(ServiceError::new(
+                code,
+                format!("task {} was dead-lettered: {why}", result.task_id),
+            ))
+        }
         TaskStatus::Cancelled => Err(ServiceError::new(
             ErrorCode::Cancelled,
             format!("task {} was cancelled: {why}", result.task_id),
@@ -334,12 +355,12 @@ fn final_reply(request: &Request, result: TaskResult) -> Result<Reply, ServiceEr
 
 fn check_id(task_id: &str) -> Result<(), ServiceError> {
     if task_id.is_empty() {
-        return Err(ServiceError::invalid("taskId", "taskId: required"));
+        return Err(ServiceError::invalid("taskId", "required"));
     }
     if !concord_bus::validate::is_token(task_id) || task_id.len() > 128 {
         return Err(ServiceError::invalid(
             "taskId",
-            format!("taskId: {task_id:?} is not a valid task id"),
+            format!("{task_id:?} is not a valid task id"),
         ));
     }
     Ok(())

@@ -136,8 +136,6 @@ struct Held {
     queued_at: Instant,
     /// When it was last extended (or delivered), for JetStream's ack wait.
     extended_at: Instant,
-    /// A re-published result should carry [`REPLAYED_HEADER`].
-    replayed: bool,
     waiters: Vec<oneshot::Sender<Option<TaskResult>>>,
     received: Instant,
 }
@@ -271,8 +269,11 @@ impl Engine {
             }
             if let Some(held) = self.tasks.remove(&id) {
                 if let Phase::Running(run) = &held.phase {
-                    for (agent, _) in &run.agents {
-                        self.loads.adjust_own(agent, -1);
+                    for (agent, outcome) in &run.agents {
+                        if outcome.is_none() {
+                            self.loads.adjust_own(agent, -1);
+                            self.breakers.release_probe(agent);
+                        }
                     }
                 }
                 let _ = held.message.ack_with(jetstream::AckKind::Nak(None)).await;

@@ -1,17 +1,20 @@
 //! `concord-bench`: the benchmarks behind `make bench`, recorded in
 //! docs/BENCHMARKS.md.
 //!
-//! Each benchmark runs the real service binaries as separate processes
-//! against the local NATS and Postgres (`make up`), isolated from anything
-//! else there by a subject root and a database of its own, and prints its
-//! results as Markdown (or JSON with `--json`). Progress goes to stderr.
+//! Each benchmark runs against the local NATS and Postgres (`make up`),
+//! isolated from anything else there by a subject root and a database of
+//! its own, and prints its results as Markdown (or JSON with `--json`).
+//! Progress goes to stderr.
 //!
 //! ```text
 //! concord-bench all                      # every benchmark, default settings
 //! concord-bench registry --agents 10000 --seconds 30
+//! concord-bench baseline --seconds 10 --rates 1000,5000,10000 --saturation-seconds 15
 //! ```
 
+mod baseline;
 mod infra;
+mod load;
 mod procfs;
 mod registry;
 mod stats;
@@ -35,11 +38,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every benchmark with its default settings (today: registry).
+    /// Every benchmark with its default settings (today: registry, then
+    /// baseline).
     All,
     /// 10,000 agents heartbeating every second against one registry:
     /// discovery latency next to a NATS baseline, registry CPU and memory.
     Registry(registry::RegistryArgs),
+    /// The raw baseline of the dispatcher benchmark, in this process:
+    /// JetStream publish → pull consume → one request to a worker → 3 event
+    /// rows batched into Postgres → result → ack, at fixed rates and at
+    /// saturation.
+    Baseline(baseline::BaselineArgs),
+}
+
+/// One benchmark's report, ready for printing.
+struct Report {
+    name: &'static str,
+    json: serde_json::Value,
+    markdown: String,
+}
+
+async fn run(command: Command) -> anyhow::Result<Vec<Report>> {
+    let (registry, baseline) = match command {
+        Command::All => (
+            Some(registry::RegistryArgs::default()),
+            Some(baseline::BaselineArgs::default()),
+        ),
+        Command::Registry(args) => (Some(args), None),
+        Command::Baseline(args) => (None, Some(args)),
+    };
+    let mut reports = Vec::new();
+    if let Some(args) = registry {
+        let report = registry::run(&args).await?;
+        reports.push(Report {
+            name: "registry",
+            json: serde_json::to_value(&report)?,
+            markdown: report.markdown(),
+        });
+    }
+    if let Some(args) = baseline {
+        let report = baseline::run(&args).await?;
+        reports.push(Report {
+            name: "baseline",
+            json: serde_json::to_value(&report)?,
+            markdown: report.markdown(),
+        });
+    }
+    Ok(reports)
 }
 
 fn main() -> ExitCode {
@@ -54,20 +99,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let args = match cli.command {
-        Command::All => registry::RegistryArgs::default(),
-        Command::Registry(args) => args,
-    };
-    match runtime.block_on(registry::run(&args)) {
-        Ok(report) => {
+    match runtime.block_on(run(cli.command)) {
+        Ok(reports) => {
             if cli.json {
-                let json = serde_json::json!({ "registry": report });
+                let json: serde_json::Map<String, serde_json::Value> = reports
+                    .into_iter()
+                    .map(|r| (r.name.to_owned(), r.json))
+                    .collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&json).expect("serialisable")
                 );
             } else {
-                print!("{}", report.markdown());
+                let markdown: Vec<String> = reports.into_iter().map(|r| r.markdown).collect();
+                print!("{}", markdown.join("\n"));
             }
             ExitCode::SUCCESS
         }

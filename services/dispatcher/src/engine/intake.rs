@@ -39,13 +39,17 @@ impl Engine {
                 continue;
             };
             let (sequence, delivered) = (info.stream_sequence, info.delivered);
+            // Validated as of its publication: a deadline that passed while it
+            // waited in the stream (or while a crashed replica held it) makes
+            // a dead letter with reason `deadline_exceeded`, not invalid input.
+            let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
             let header = |name: &str| headers::get(message.headers.as_ref(), name);
             let origin = Origin {
                 content_type: header(headers::CONTENT_TYPE),
                 msg_id: header("Nats-Msg-Id"),
                 stream_identity: &self.stream_identity,
                 stream_sequence: sequence,
-                now_unix_ms: now_ms,
+                now_unix_ms: published_ms.min(now_ms),
             };
             let spec = match submission::parse(&message.payload, &origin, &self.config.limits) {
                 Ok(spec) => spec,
@@ -296,7 +300,6 @@ fn new_held(spec: TaskSpec, message: jetstream::Message, view: TaskView, phase: 
         history: Vec::new(),
         queued_at: now,
         extended_at: now,
-        replayed: false,
         waiters: Vec::new(),
         received: now,
     }

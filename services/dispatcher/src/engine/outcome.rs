@@ -406,6 +406,8 @@ impl Engine {
             for (agent, outcome) in run.agents {
                 if outcome.is_none() {
                     self.loads.adjust_own(&agent, -1);
+                    // A half-open breaker's probe ends without a verdict.
+                    self.breakers.release_probe(&agent);
                     self.cancel_on_agent(&agent, task_id, why).await;
                 }
             }
@@ -437,6 +439,13 @@ impl Engine {
                     for (agent, outcome) in &run.agents {
                         if outcome.is_none() {
                             self.loads.adjust_own(agent, -1);
+                            self.breakers.release_probe(agent);
+                            self.cancel_on_agent(
+                                agent,
+                                &task_id,
+                                "task owned by another dispatcher",
+                            )
+                            .await;
                         }
                     }
                 }
@@ -458,7 +467,7 @@ impl Engine {
             if matches!(held.phase, Phase::Final) {
                 let held = self.tasks.remove(&task_id).expect("held");
                 let result = held.view.result();
-                self.publish_result(&result, held.replayed).await;
+                self.publish_result(&result, false).await;
                 let _ = held.message.ack().await;
                 for waiter in held.waiters {
                     let _ = waiter.send(Some(result.clone()));
