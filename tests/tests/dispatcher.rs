@@ -687,3 +687,70 @@ async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
     assert_eq!(output(&result), json!("done"));
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn with_many_agents_routing_windows_spread_work_over_all_of_them() {
+    use concord_wire::v1::{Capability, RegisterAgent, RegisterAgentReply};
+    let stack = Stack::start(test_config()).await;
+    let subjects = stack.client.subjects.clone();
+    // 100 agents served by one wildcard subscription that answers at once.
+    let mut assignments = stack
+        .client
+        .client
+        .subscribe(subjects.join("agent.*.tasks"))
+        .await
+        .unwrap();
+    let responder = stack.client.client.clone();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let seen_by_responder = seen.clone();
+    tokio::spawn(async move {
+        while let Some(message) = assignments.next().await {
+            let agent = message.subject.split('.').rev().nth(1).unwrap().to_string();
+            seen_by_responder.lock().unwrap().insert(agent);
+            if let Some(reply) = message.reply {
+                let _ = responder
+                    .publish(reply, br#"{"output":{"ok":true}}"#.to_vec().into())
+                    .await;
+            }
+        }
+    });
+    for n in 0..100 {
+        let _: RegisterAgentReply = stack
+            .client
+            .request(
+                subjects.endpoint("registry", "register"),
+                &RegisterAgent {
+                    id: format!("many-{n:03}"),
+                    name: "many".into(),
+                    capabilities: vec![Capability {
+                        name: "many".into(),
+                        level: 0.5,
+                    }],
+                    max_concurrency: 4,
+                    ..Default::default()
+                },
+                WAIT,
+            )
+            .await
+            .unwrap();
+    }
+    stack.wait_for_agent("many-099").await;
+    for i in 0..300 {
+        stack
+            .submit(
+                &json!({"id": format!("t-many-{i}"), "capability": "many", "strategy": "ROUND_ROBIN"}),
+                None,
+            )
+            .await;
+    }
+    for i in 0..300 {
+        let result = stack.final_state(&format!("t-many-{i}")).await;
+        assert_eq!(result.status, TaskStatus::Completed as i32);
+    }
+    let seen = seen.lock().unwrap().len();
+    assert_eq!(
+        seen, 100,
+        "round robin reaches every agent through the windows"
+    );
+    stack.stop().await;
+}

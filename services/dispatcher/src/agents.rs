@@ -93,21 +93,23 @@ impl Loads {
         candidate
     }
 
-    /// Runs `f` with the candidates for `capability` from `directory`.
+    /// Runs `f` with the candidates `select` picks from `directory`.
     pub fn with_candidates<R>(
         &self,
         directory: &SharedDirectory,
-        capability: &str,
-        f: impl FnOnce(&[Candidate<'_>], &HashMap<String, Load>) -> R,
+        select: impl for<'a> FnOnce(&'a concord_directory::Directory) -> Vec<&'a AgentRecord>,
+        f: impl FnOnce(&[Candidate<'_>]) -> R,
     ) -> R {
         let directory = directory.read().expect("directory lock");
         let inner = self.inner.lock().expect("loads lock");
         let own = self.own.lock().expect("loads lock");
-        let candidates: Vec<Candidate<'_>> = directory
-            .with_capability(capability)
+        let candidates: Vec<Candidate<'_>> = select(&directory)
+            .into_iter()
             .map(|agent| self.candidate(agent, &inner, &own))
             .collect();
-        f(&candidates, &inner)
+        drop(own);
+        drop(inner);
+        f(&candidates)
     }
 }
 

@@ -170,6 +170,8 @@ pub struct Engine {
     dirty: HashSet<String>,
     /// The targeted tasks may make progress.
     targeted_dirty: bool,
+    /// Per capability, the last agent id of the previous routing window.
+    windows: HashMap<String, String>,
     /// Since when each capability has had no eligible agent (busy does not count).
     no_agent_since: HashMap<String, Instant>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -211,6 +213,7 @@ impl Engine {
             dirty: HashSet::new(),
             targeted_dirty: false,
             no_agent_since: HashMap::new(),
+            windows: HashMap::new(),
             timers: BinaryHeap::new(),
             deferred: VecDeque::new(),
             looked: mpsc::unbounded_channel(),

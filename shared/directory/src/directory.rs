@@ -96,6 +96,37 @@ impl Directory {
             .filter_map(|id| self.agents.get(id))
     }
 
+    /// Number of agents offering `capability`.
+    pub fn capability_count(&self, capability: &str) -> usize {
+        self.by_capability.get(capability).map_or(0, Ids::len)
+    }
+
+    /// At most `limit` agents offering `capability`: those after `after` in
+    /// id order, wrapping around to the first ones (all of them, from the
+    /// start, when `after` is `None`). A caller that passes the last id it
+    /// got each time walks the whole set in windows, O(log n + limit) each.
+    pub fn capability_window<'a>(
+        &'a self,
+        capability: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<&'a AgentRecord> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let Some(ids) = self.by_capability.get(capability) else {
+            return Vec::new();
+        };
+        let tail: Box<dyn Iterator<Item = &String>> = match after {
+            Some(after) => Box::new(
+                ids.range::<str, _>((Excluded(after), Unbounded))
+                    .chain(ids.range::<str, _>((Unbounded, std::ops::Bound::Included(after)))),
+            ),
+            None => Box::new(ids.iter()),
+        };
+        tail.take(limit)
+            .filter_map(|id| self.agents.get(id))
+            .collect()
+    }
+
     /// Inserts or replaces the record with `record.id`, returning the one it
     /// replaced.
     pub fn upsert(&mut self, record: AgentRecord) -> Option<AgentRecord> {
@@ -959,5 +990,39 @@ mod tests {
             Candidates::Ids(set) => assert!(set.len() < AGENTS / 5, "{}", set.len()),
             _ => panic!("expected the capability index"),
         }
+    }
+
+    #[test]
+    fn capability_windows_walk_every_agent_and_wrap_around() {
+        let mut directory = Directory::new();
+        for id in ["a", "b", "c", "d", "e"] {
+            directory.upsert(AgentRecord {
+                id: id.into(),
+                capabilities: vec![concord_wire::v1::Capability {
+                    name: "x".into(),
+                    level: 1.0,
+                }],
+                ..Default::default()
+            });
+        }
+        let ids =
+            |records: Vec<&AgentRecord>| records.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(directory.capability_count("x"), 5);
+        assert_eq!(ids(directory.capability_window("x", None, 2)), ["a", "b"]);
+        assert_eq!(
+            ids(directory.capability_window("x", Some("b"), 2)),
+            ["c", "d"]
+        );
+        assert_eq!(
+            ids(directory.capability_window("x", Some("d"), 3)),
+            ["e", "a", "b"]
+        );
+        assert_eq!(
+            ids(directory.capability_window("x", Some("c"), 10)),
+            ["d", "e", "a", "b", "c"]
+        );
+        // An id that left the set still positions the window.
+        assert_eq!(ids(directory.capability_window("x", Some("bb"), 1)), ["c"]);
+        assert!(directory.capability_window("y", None, 3).is_empty());
     }
 }

@@ -15,6 +15,9 @@ use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::TaskAssignment;
 
 use super::{Engine, Phase, Run, Timer};
+
+/// Most capable agents one routing decision considers (see `Engine::route`).
+pub const ROUTING_WINDOW: usize = 64;
 use crate::projection::{TaskEvent, reason};
 use crate::routing::{Candidate, NoAgentReason, RouteDecision};
 
@@ -156,15 +159,59 @@ impl Engine {
 
     /// Routes one task over the current candidates, avoiding agents that
     /// failed it when another can take it.
+    ///
+    /// A task naming its agents considers those. Otherwise, with more than
+    /// [`ROUTING_WINDOW`] capable agents, each decision considers a window
+    /// of that many, the next one each time (every agent is considered in
+    /// turn, and a decision costs the same with 10 or 10,000 agents; when a
+    /// window has nobody eligible, the next windows are tried).
     fn route(&mut self, task_id: &str) -> RouteDecision {
+        // With windows, look at every window before concluding nobody can.
+        let mut tries = 1;
+        loop {
+            let (decision, windows) = self.route_window(task_id);
+            if matches!(decision, RouteDecision::Assign(_)) || tries >= windows {
+                return decision;
+            }
+            tries += 1;
+        }
+    }
+
+    /// One routing decision over one window; also returns how many windows
+    /// the capability has.
+    fn route_window(&mut self, task_id: &str) -> (RouteDecision, usize) {
         let held = &self.tasks[task_id];
         let spec = &held.spec;
         let avoid = &held.avoid;
         let now_ms = self.now_ms();
         let breakers = &self.breakers;
         let router = &mut self.router;
-        self.loads
-            .with_candidates(&self.directory, &spec.capability, |candidates, _| {
+        let window_start = self.windows.get(&spec.capability).cloned();
+        let mut window_end: Option<String> = None;
+        let mut windows = 1;
+        let decision = self.loads.with_candidates(
+            &self.directory,
+            |directory| {
+                if spec.targets.is_empty() {
+                    let window = directory.capability_window(
+                        &spec.capability,
+                        window_start.as_deref(),
+                        ROUTING_WINDOW,
+                    );
+                    let count = directory.capability_count(&spec.capability);
+                    if count > ROUTING_WINDOW {
+                        window_end = window.last().map(|agent| agent.id.clone());
+                        windows = count.div_ceil(ROUTING_WINDOW);
+                    }
+                    window
+                } else {
+                    spec.targets
+                        .iter()
+                        .filter_map(|id| directory.get(id))
+                        .collect()
+                }
+            },
+            |candidates| {
                 let mut candidates: Vec<Candidate<'_>> = candidates.to_vec();
                 for candidate in &mut candidates {
                     candidate.breaker_open = breakers.is_open(candidate.id(), now_ms);
@@ -180,7 +227,19 @@ impl Engine {
                     }
                 }
                 router.route(spec, &candidates)
-            })
+            },
+        );
+        if let Some(end) = window_end {
+            // The next window starts after the agent just picked (so equal
+            // agents take turns), or after this window if nobody was.
+            let next = match &decision {
+                RouteDecision::Assign(agents) => agents.last().cloned().unwrap_or(end),
+                RouteDecision::NoEligibleAgent { .. } => end,
+            };
+            let capability = self.tasks[task_id].spec.capability.clone();
+            self.windows.insert(capability, next);
+        }
+        (decision, windows)
     }
 
     /// Sends attempt `n + 1` to `agents`.
