@@ -185,13 +185,9 @@ impl Endpoints {
                 return Reply::to(&request, &view.result());
             }
             let (write, event) = cancelled(&self.events, view, &reason);
-            let owned = self
-                .store
-                .commit(std::slice::from_ref(&write))
-                .await
-                .map_err(|e| {
-                    ServiceError::unavailable(format!("cannot record the cancellation: {e:#}"))
-                })?;
+            let owned = self.store.commit(&[&write]).await.map_err(|e| {
+                ServiceError::unavailable(format!("cannot record the cancellation: {e:#}"))
+            })?;
             if owned.first() == Some(&true) {
                 self.events.publish_committed(&[event]).await;
                 let result = write.view.result();

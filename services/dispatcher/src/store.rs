@@ -154,7 +154,7 @@ impl TaskStore {
     /// Writes a batch in one transaction; returns, per write (same order),
     /// whether this writer owns the task (its row and events are stored).
     /// Task ids must be unique within the batch.
-    pub async fn commit(&self, writes: &[TaskWrite]) -> Result<Vec<bool>, StoreError> {
+    pub async fn commit(&self, writes: &[&TaskWrite]) -> Result<Vec<bool>, StoreError> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
@@ -164,14 +164,14 @@ impl TaskStore {
             .iter()
             .map(|w| stored.contains(&w.view.task_id))
             .collect();
-        let events: Vec<NewEvent> = writes
+        let events: Vec<&NewEvent> = writes
             .iter()
             .zip(&owned)
             .filter(|(_, owned)| **owned)
-            .flat_map(|(w, _)| w.events.iter().cloned())
+            .flat_map(|(w, _)| w.events.iter())
             .collect();
         if !events.is_empty() {
-            self.events.append_in(&mut tx, &events).await?;
+            self.events.append_refs_in(&mut tx, &events).await?;
         }
         // A write refused by the sequence check may be our own, committed by
         // an earlier try whose acknowledgement was lost: its last event is
@@ -258,7 +258,8 @@ impl TaskStore {
                     events: Vec::new(),
                 })
                 .collect();
-            upsert(&mut tx, &writes).await?;
+            let refs: Vec<&TaskWrite> = writes.iter().collect();
+            upsert(&mut tx, &refs).await?;
         }
         tx.commit().await?;
         Ok(views.len())
@@ -267,7 +268,7 @@ impl TaskStore {
 
 async fn upsert(
     conn: &mut sqlx::PgConnection,
-    writes: &[TaskWrite],
+    writes: &[&TaskWrite],
 ) -> Result<HashSet<String>, StoreError> {
     let n = writes.len();
     let mut ids = Vec::with_capacity(n);
@@ -293,7 +294,12 @@ async fn upsert(
         correlations.push(view.task.correlation_id.as_str());
         attempts.push(view.attempts as i32);
         agents.push(view.agent_id.as_str());
-        specs.push(Json(wire_json(&view.task)));
+        // Only an insert stores the spec; updates leave it.
+        specs.push(Json(if write.expected_sequence == 0 {
+            wire_json(&view.task)
+        } else {
+            serde_json::Value::Null
+        }));
         results.push(Json(wire_json(&view.result())));
         sequences.push(view.last_sequence);
         submitted.push(view.submitted_at);

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use concord_runtime::EventPublisher;
 use concord_store::{DeadLetterStore, NewDeadLetter};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::mpsc;
@@ -72,6 +74,11 @@ impl WriterMetrics {
     }
 }
 
+/// Transactions in flight at once: while one waits for its fsync, the next
+/// one runs (a task has at most one write in flight, so lanes never touch
+/// the same row).
+const LANES: usize = 2;
+
 /// Runs until `requests` closes (after draining it) or `stop` fires while a
 /// batch cannot be written.
 pub async fn run(
@@ -83,41 +90,58 @@ pub async fn run(
     stop: CancellationToken,
     metrics: WriterMetrics,
 ) {
-    let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = requests.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    let mut lanes = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            first = requests.recv(), if open && lanes.len() < LANES => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let mut batch = Vec::with_capacity(MAX_BATCH);
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match requests.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (store, dead_letters, stop, metrics) = (&store, &dead_letters, &stop, &metrics);
+                lanes.push(async move {
+                    let outcome = write_with_retry(store, dead_letters, &batch, stop, metrics).await;
+                    (batch, outcome)
+                });
             }
-        }
-        let Some(outcome) = write_with_retry(&store, &dead_letters, &batch, &stop, &metrics).await
-        else {
-            tracing::error!(
-                writes = batch.len(),
-                "dispatcher stopping with task writes not stored; their submissions stay unacknowledged and will be redelivered"
-            );
-            return;
-        };
-        metrics.batches.inc();
-        if let Some(histogram) = &metrics.batch_size {
-            histogram.observe(batch.len() as f64);
-        }
-        let mut report = Vec::with_capacity(batch.len());
-        let mut committed = Vec::new();
-        for (request, owned) in batch.drain(..).zip(outcome) {
-            if owned {
-                committed.extend(request.write.events);
+            Some((batch, outcome)) = lanes.next() => {
+                let Some(outcome) = outcome else {
+                    tracing::error!(
+                        writes = batch.len(),
+                        "dispatcher stopping with task writes not stored; their submissions stay unacknowledged and will be redelivered"
+                    );
+                    return;
+                };
+                metrics.batches.inc();
+                if let Some(histogram) = &metrics.batch_size {
+                    histogram.observe(batch.len() as f64);
+                }
+                let mut report = Vec::with_capacity(batch.len());
+                let mut committed = Vec::new();
+                for (request, owned) in batch.into_iter().zip(outcome) {
+                    if owned {
+                        committed.extend(request.write.events);
+                    }
+                    report.push(Written {
+                        task_id: request.write.view.task_id,
+                        owned,
+                    });
+                }
+                events.publish_committed(&committed).await;
+                if written.send(report).is_err() {
+                    return;
+                }
             }
-            report.push(Written {
-                task_id: request.write.view.task_id,
-                owned,
-            });
-        }
-        events.publish_committed(&committed).await;
-        if written.send(report).is_err() {
-            return;
+            else => return,
         }
     }
 }
@@ -130,7 +154,7 @@ async fn write_with_retry(
     metrics: &WriterMetrics,
 ) -> Option<Vec<bool>> {
     let letters: Vec<NewDeadLetter> = batch.iter().filter_map(|r| r.dead_letter.clone()).collect();
-    let writes: Vec<TaskWrite> = batch.iter().map(|r| r.write.clone()).collect();
+    let writes: Vec<&TaskWrite> = batch.iter().map(|r| &r.write).collect();
     let mut delay = Duration::from_millis(50);
     loop {
         // Dead letters first (idempotent by id): a crash between the two

@@ -169,11 +169,12 @@ impl EventStore {
     /// nothing of the batch is stored and the result is
     /// [`StoreError::SequenceConflict`].
     pub async fn append(&self, events: &[NewEvent]) -> Result<AppendOutcome, StoreError> {
-        check_batch(events)?;
+        check_batch(events.iter())?;
         let mut attempt = 0;
         loop {
             let mut conn = self.pool.acquire().await?;
-            match insert(&mut conn, events).await {
+            let refs: Vec<&NewEvent> = events.iter().collect();
+            match insert(&mut conn, &refs).await {
                 Err(StoreError::SequenceConflict {
                     aggregate_type,
                     aggregate_id,
@@ -228,7 +229,19 @@ impl EventStore {
         conn: &mut PgConnection,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, StoreError> {
-        check_batch(events)?;
+        check_batch(events.iter())?;
+        let refs: Vec<&NewEvent> = events.iter().collect();
+        insert(conn, &refs).await
+    }
+
+    /// [`EventStore::append_in`] for events held by reference (no copies of
+    /// their data).
+    pub async fn append_refs_in(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&NewEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        check_batch(events.iter().copied())?;
         insert(conn, events).await
     }
 
@@ -282,7 +295,7 @@ impl EventStore {
 /// Rejects a batch that conflicts with itself: two different events with the
 /// same (aggregate, sequence). The database would reject it too; checking
 /// here names the key without a round trip.
-fn check_batch(events: &[NewEvent]) -> Result<(), StoreError> {
+fn check_batch<'a>(events: impl ExactSizeIterator<Item = &'a NewEvent>) -> Result<(), StoreError> {
     let mut seen: HashMap<(&str, &str, i64), Uuid> = HashMap::with_capacity(events.len());
     for event in events {
         let key = (
@@ -304,7 +317,10 @@ fn check_batch(events: &[NewEvent]) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn insert(conn: &mut PgConnection, events: &[NewEvent]) -> Result<AppendOutcome, StoreError> {
+async fn insert(
+    conn: &mut PgConnection,
+    events: &[&NewEvent],
+) -> Result<AppendOutcome, StoreError> {
     if events.is_empty() {
         return Ok(AppendOutcome::default());
     }
@@ -318,7 +334,7 @@ async fn insert(conn: &mut PgConnection, events: &[NewEvent]) -> Result<AppendOu
     let mut trace_ids = Vec::with_capacity(n);
     let mut sources = Vec::with_capacity(n);
     let mut occurred_ats = Vec::with_capacity(n);
-    for event in events {
+    for event in events.iter().copied() {
         event_ids.push(event.event_id);
         aggregate_types.push(event.aggregate_type.as_str());
         aggregate_ids.push(event.aggregate_id.as_str());
@@ -353,7 +369,7 @@ async fn insert(conn: &mut PgConnection, events: &[NewEvent]) -> Result<AppendOu
 /// the key. Postgres reports the key in the error detail as
 /// `Key (aggregate_type, aggregate_id, sequence)=(task, t-1, 3) already exists.`;
 /// we look for each event's own rendering of that tuple rather than parse it.
-fn classify(err: sqlx::Error, events: &[NewEvent]) -> StoreError {
+fn classify(err: sqlx::Error, events: &[&NewEvent]) -> StoreError {
     let conflict = match &err {
         sqlx::Error::Database(db) if db.constraint() == Some(SEQUENCE_CONSTRAINT) => db
             .try_downcast_ref::<PgDatabaseError>()
@@ -398,13 +414,14 @@ mod tests {
 
     #[test]
     fn batch_with_two_events_on_one_sequence_is_a_conflict() {
-        let err = check_batch(&[event(Uuid::new_v4(), 1), event(Uuid::new_v4(), 1)]).unwrap_err();
+        let err =
+            check_batch([event(Uuid::new_v4(), 1), event(Uuid::new_v4(), 1)].iter()).unwrap_err();
         assert!(err.is_sequence_conflict(), "{err}");
     }
 
     #[test]
     fn batch_repeating_one_event_is_fine() {
         let id = Uuid::new_v4();
-        check_batch(&[event(id, 1), event(id, 1), event(Uuid::new_v4(), 2)]).unwrap();
+        check_batch([event(id, 1), event(id, 1), event(Uuid::new_v4(), 2)].iter()).unwrap();
     }
 }

@@ -13,6 +13,7 @@
 //! ```
 
 mod baseline;
+mod dispatcher;
 mod infra;
 mod load;
 mod procfs;
@@ -38,8 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every benchmark with its default settings (today: registry, then
-    /// baseline).
+    /// Every benchmark with its default settings: registry, then the
+    /// dispatcher (which runs the raw baseline first).
     All,
     /// 10,000 agents heartbeating every second against one registry:
     /// discovery latency next to a NATS baseline, registry CPU and memory.
@@ -49,6 +50,11 @@ enum Command {
     /// rows batched into Postgres → result → ack, at fixed rates and at
     /// saturation.
     Baseline(baseline::BaselineArgs),
+    /// End-to-end tasks through the real registry and dispatcher binaries
+    /// (10 agents at fixed rates and saturation, 100 agent connections,
+    /// 10,000 registered agents, a 100,000-task backlog), next to the raw
+    /// baseline measured first in the same run.
+    Dispatcher(dispatcher::DispatcherArgs),
 }
 
 /// One benchmark's report, ready for printing.
@@ -59,13 +65,15 @@ struct Report {
 }
 
 async fn run(command: Command) -> anyhow::Result<Vec<Report>> {
-    let (registry, baseline) = match command {
+    let (registry, baseline, dispatcher) = match command {
         Command::All => (
             Some(registry::RegistryArgs::default()),
-            Some(baseline::BaselineArgs::default()),
+            None,
+            Some(dispatcher::DispatcherArgs::default()),
         ),
-        Command::Registry(args) => (Some(args), None),
-        Command::Baseline(args) => (None, Some(args)),
+        Command::Registry(args) => (Some(args), None, None),
+        Command::Baseline(args) => (None, Some(args), None),
+        Command::Dispatcher(args) => (None, None, Some(args)),
     };
     let mut reports = Vec::new();
     if let Some(args) = registry {
@@ -80,6 +88,14 @@ async fn run(command: Command) -> anyhow::Result<Vec<Report>> {
         let report = baseline::run(&args).await?;
         reports.push(Report {
             name: "baseline",
+            json: serde_json::to_value(&report)?,
+            markdown: report.markdown(),
+        });
+    }
+    if let Some(args) = dispatcher {
+        let report = dispatcher::run(&args).await?;
+        reports.push(Report {
+            name: "dispatcher",
             json: serde_json::to_value(&report)?,
             markdown: report.markdown(),
         });

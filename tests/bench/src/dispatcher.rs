@@ -1,0 +1,689 @@
+//! The dispatcher benchmark: end-to-end tasks (JetStream submission →
+//! dispatcher → agent → every event committed in Postgres → result) through
+//! the real `concord-registry` and `concord-dispatcher` release binaries,
+//! next to the raw baseline ([`crate::baseline`]) measured in the same run
+//! on the same servers.
+//!
+//! Configurations, each with its own capability so their agents are apart:
+//!
+//! - `a`: 10 agents answered by one in-process connection (no-op agents):
+//!   fixed rates and saturation;
+//! - `b`: 100 agents, each on its own NATS connection: saturation;
+//! - `c`: 10,000 registered agents (one wildcard responder): saturation,
+//!   compared with `a` (the target is ≥ 0.9×);
+//! - backlog: 100,000 tasks nobody can take yet, to report the dispatcher's
+//!   RSS with a full backlog (and, before it, after every configuration, to
+//!   show it does not grow per completed task).
+//!
+//! Agents are registered with a 60 s heartbeat interval (the registry is
+//! started with `CONCORD_HEARTBEAT_INTERVAL=60`), so no heartbeat traffic
+//! runs during the measurement.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_nats::jetstream;
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::baseline::{self, BaselineArgs, BaselineReport};
+use crate::infra::{self, Rng, ScratchDatabase, ServiceProcess};
+use crate::load::{self, CpuGroup, LoadRunner, PhaseReport, PhaseSpec, TaskId};
+use crate::procfs;
+
+/// Options of `concord-bench dispatcher`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DispatcherArgs {
+    /// Length of each fixed-rate window, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Fixed rates for configuration `a`, tasks per second.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    pub rates: Vec<u32>,
+    /// Length of each saturation window, seconds.
+    #[arg(long, default_value_t = 15)]
+    pub saturation_seconds: u64,
+    /// Tasks outstanding during saturation.
+    #[arg(long, default_value_t = 2000)]
+    pub saturation_in_flight: usize,
+    /// Warm-up before each window, seconds.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Registered agents of configuration `c`.
+    #[arg(long, default_value_t = 10_000)]
+    pub many_agents: usize,
+    /// Tasks of the backlog measurement (0: skip it).
+    #[arg(long, default_value_t = 100_000)]
+    pub backlog: usize,
+    /// Skip the raw baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Use the release binaries as they are (no `cargo build --release`).
+    #[arg(long)]
+    pub no_build: bool,
+    /// NATS server.
+    #[arg(
+        long,
+        env = "CONCORD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Any database on the Postgres server; the run creates and drops its own.
+    #[arg(
+        long,
+        env = "CONCORD_DATABASE_URL",
+        default_value = "postgres://concord:concord@127.0.0.1:5433/concord"
+    )]
+    pub database_url: String,
+}
+
+impl Default for DispatcherArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: DispatcherArgs,
+        }
+        Defaults::parse_from(["dispatcher"]).args
+    }
+}
+
+/// One configuration's phases.
+#[derive(Debug, Clone, Serialize)]
+pub struct Configuration {
+    pub name: String,
+    pub agents: usize,
+    pub phases: Vec<PhaseReport>,
+    /// Dispatcher RSS after the configuration, MiB.
+    pub dispatcher_rss_mib_after: f64,
+    /// Task-writer transactions per completed task in this configuration.
+    pub commits_per_task: f64,
+}
+
+/// The result of `concord-bench dispatcher`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatcherReport {
+    pub date: String,
+    pub machine: String,
+    pub baseline: Option<BaselineReport>,
+    pub configurations: Vec<Configuration>,
+    pub rss_mib_start: f64,
+    pub backlog_tasks: usize,
+    pub backlog_held: f64,
+    pub backlog_rss_mib: f64,
+}
+
+pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        eprintln!("bench: dispatcher: the raw baseline first, same servers");
+        let baseline_args = BaselineArgs {
+            seconds: args.seconds,
+            rates: args.rates.clone(),
+            saturation_seconds: args.saturation_seconds,
+            saturation_in_flight: args.saturation_in_flight,
+            warmup: args.warmup,
+            nats_url: args.nats_url.clone(),
+            database_url: args.database_url.clone(),
+            ..BaselineArgs::default()
+        };
+        Some(baseline::run(&baseline_args).await?)
+    };
+    if !args.no_build {
+        infra::build_release("concord-registry")?;
+        infra::build_release("concord-dispatcher")?;
+    }
+    let mut rng = Rng::from_entropy();
+    let tag = rng.tag();
+    let root = format!("bench{tag}");
+    let database = format!("concord_bench_{tag}");
+    let scratch = ScratchDatabase::create(&args.database_url, &database).await?;
+    let metrics_port = free_port()?;
+    let common = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("CONCORD_NATS_URL", args.nats_url.clone()),
+            ("CONCORD_DATABASE_URL", scratch.url.clone()),
+            ("CONCORD_SUBJECT_ROOT", root.clone()),
+            ("CONCORD_LOG", "warn".to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let registry_log = std::env::temp_dir().join(format!("concord-bench-{root}-registry.log"));
+    let dispatcher_log = std::env::temp_dir().join(format!("concord-bench-{root}-dispatcher.log"));
+    let spawned = async {
+        let registry = ServiceProcess::spawn(
+            "concord-registry",
+            &common(&[
+                ("CONCORD_HEARTBEAT_INTERVAL", "60".into()),
+                ("CONCORD_METRICS_ADDR", "127.0.0.1:0".into()),
+            ]),
+            &["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            registry_log.clone(),
+        )?;
+        let dispatcher = ServiceProcess::spawn(
+            "concord-dispatcher",
+            &common(&[
+                ("CONCORD_NO_AGENT_WAIT_MS", "600000".into()),
+                ("CONCORD_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+            ]),
+            &["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            dispatcher_log.clone(),
+        )?;
+        anyhow::Ok((registry, dispatcher))
+    }
+    .await;
+    let (registry, mut dispatcher) = match spawned {
+        Ok(processes) => processes,
+        Err(error) => {
+            let _ = scratch.drop_now().await;
+            return Err(error);
+        }
+    };
+    let control = infra::connect(&args.nats_url, "concord-bench-control").await?;
+    let body = measure(
+        args,
+        &root,
+        &control,
+        &mut dispatcher,
+        metrics_port,
+        registry.pid,
+    );
+    let result = tokio::select! {
+        result = body => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let tail = result.is_err().then(|| dispatcher.log_tail(30));
+    eprintln!("bench: stopping the services, deleting {root}'s streams, dropping {database}");
+    let _ = dispatcher.stop(Duration::from_secs(15)).await;
+    let _ = registry.stop(Duration::from_secs(15)).await;
+    let js = jetstream::new(control.clone());
+    let _ = js
+        .delete_stream(format!("{}_TASKS", root.to_uppercase()))
+        .await;
+    let _ = js
+        .delete_key_value(format!("{}_AGENTS", root.to_uppercase()))
+        .await;
+    let _ = control.drain().await;
+    let _ = scratch.drop_now().await;
+    let (configurations, rss_start, backlog) = result.map_err(|error| match tail {
+        Some(tail) if !tail.is_empty() => error.context(format!("dispatcher log:\n{tail}")),
+        _ => error,
+    })?;
+    Ok(DispatcherReport {
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        machine: {
+            let machine = procfs::Machine::describe();
+            format!(
+                "{} CPUs ({}), {:.0} GiB, kernel {}",
+                machine.cpus,
+                machine.model,
+                machine.memory_bytes as f64 / (1u64 << 30) as f64,
+                machine.kernel
+            )
+        },
+        baseline,
+        configurations,
+        rss_mib_start: rss_start,
+        backlog_tasks: args.backlog,
+        backlog_held: backlog.0,
+        backlog_rss_mib: backlog.1,
+    })
+}
+
+type Measured = (Vec<Configuration>, f64, (f64, f64));
+
+async fn measure(
+    args: &DispatcherArgs,
+    root: &str,
+    control: &Client,
+    dispatcher: &mut ServiceProcess,
+    metrics_port: u16,
+    registry_pid: u32,
+) -> anyhow::Result<Measured> {
+    wait_ready(control, root, dispatcher).await?;
+    let rss_start = rss_mib(dispatcher.pid);
+    let nats_pid = infra::url_port(&args.nats_url).and_then(procfs::listener);
+    let dispatcher_pid = dispatcher.pid;
+    let cpu_groups = move || {
+        let mut groups = vec![
+            CpuGroup {
+                name: "concord-dispatcher".into(),
+                pids: vec![dispatcher_pid],
+            },
+            CpuGroup {
+                name: "concord-bench (load, agents)".into(),
+                pids: vec![std::process::id()],
+            },
+            CpuGroup {
+                name: "concord-registry".into(),
+                pids: vec![registry_pid],
+            },
+        ];
+        if let Some(pid) = nats_pid {
+            groups.push(CpuGroup {
+                name: "nats-server".into(),
+                pids: vec![pid],
+            });
+        }
+        groups
+    };
+    let warmup = Duration::from_secs(args.warmup);
+    let saturation = || {
+        PhaseSpec::saturation(
+            "saturation",
+            args.saturation_in_flight,
+            warmup,
+            Duration::from_secs(args.saturation_seconds),
+        )
+    };
+    let mut configurations = Vec::new();
+
+    // a: 10 agents on one connection, fixed rates then saturation.
+    let mut specs: Vec<PhaseSpec> = args
+        .rates
+        .iter()
+        .filter(|&&rate| rate > 0)
+        .map(|&rate| {
+            PhaseSpec::rate(
+                format!("rate {rate}/s"),
+                rate,
+                warmup,
+                Duration::from_secs(args.seconds),
+            )
+        })
+        .collect();
+    specs.push(saturation());
+    let responders = agents(args, root, "a", 10, Layout::Shared).await?;
+    configurations.push(
+        configuration(
+            args,
+            root,
+            "a",
+            "10 agents, one connection",
+            10,
+            specs,
+            metrics_port,
+            dispatcher_pid,
+            &cpu_groups,
+        )
+        .await?,
+    );
+    drop(responders);
+
+    // b: 100 agents, 100 connections.
+    let responders = agents(args, root, "b", 100, Layout::OwnConnections).await?;
+    configurations.push(
+        configuration(
+            args,
+            root,
+            "b",
+            "100 agents, 100 connections",
+            100,
+            vec![saturation()],
+            metrics_port,
+            dispatcher_pid,
+            &cpu_groups,
+        )
+        .await?,
+    );
+    drop(responders);
+
+    // c: 10,000 registered agents.
+    let responders = agents(args, root, "c", args.many_agents, Layout::Shared).await?;
+    configurations.push(
+        configuration(
+            args,
+            root,
+            "c",
+            &format!("{} agents, one connection", args.many_agents),
+            args.many_agents,
+            vec![saturation()],
+            metrics_port,
+            dispatcher_pid,
+            &cpu_groups,
+        )
+        .await?,
+    );
+    drop(responders);
+
+    // The backlog: tasks for a capability nobody has (the dispatcher waits
+    // 10 minutes before dead-lettering them in this run).
+    let backlog = if args.backlog > 0 {
+        eprintln!("bench: backlog of {} tasks", args.backlog);
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(16_384)
+            .build(control.clone());
+        let subject = format!("{root}.tasks.submit");
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for n in 0..args.backlog {
+            let body = format!(r#"{{"id":"z-{n}","capability":"nobody"}}"#);
+            pending.push(
+                js.publish(subject.clone(), Bytes::from(body))
+                    .await?
+                    .into_future(),
+            );
+            while pending.len() > 8192 {
+                pending.next().await.transpose()?;
+            }
+        }
+        while let Some(ack) = pending.next().await {
+            ack?;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let held = metric(metrics_port, "concord_dispatcher_tasks_held")
+            .await
+            .unwrap_or(0.0);
+        (held, rss_mib(dispatcher_pid))
+    } else {
+        (0.0, 0.0)
+    };
+    Ok((configurations, rss_start, backlog))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn configuration(
+    args: &DispatcherArgs,
+    root: &str,
+    prefix: &'static str,
+    name: &str,
+    agents: usize,
+    specs: Vec<PhaseSpec>,
+    metrics_port: u16,
+    dispatcher_pid: u32,
+    cpu_groups: &(impl Fn() -> Vec<CpuGroup> + Clone + Send + Sync + 'static),
+) -> anyhow::Result<Configuration> {
+    let load_client = infra::connect(&args.nats_url, "concord-bench-load").await?;
+    let results_client = infra::connect(&args.nats_url, "concord-bench-results").await?;
+    let js = jetstream::ContextBuilder::new()
+        .max_ack_inflight(16_384)
+        .build(load_client.clone());
+    let subject = async_nats::Subject::from(format!("{root}.tasks.submit"));
+    let capability = format!("bench-{prefix}");
+    let publish = move |id: TaskId| {
+        let js = js.clone();
+        let subject = subject.clone();
+        let body = Bytes::from(format!(
+            r#"{{"id":"{prefix}-{id}","capability":"{capability}"}}"#
+        ));
+        async move {
+            js.publish_with_headers(subject, HeaderMap::new(), body)
+                .await
+                .context("JetStream publish")?
+                .await
+                .context("JetStream publish acknowledgement")?;
+            anyhow::Ok(())
+        }
+    };
+    let mut runner = LoadRunner::new(
+        results_client.clone(),
+        format!("{root}.tasks.result.>"),
+        publish,
+    )
+    .id_of(move |message| {
+        let token = message.subject.rsplit('.').next()?;
+        token.strip_prefix(prefix)?.strip_prefix('-')?.parse().ok()
+    })
+    .cpu_groups(cpu_groups.clone());
+    let commits_before = metric(metrics_port, "concord_dispatcher_write_batches_total")
+        .await
+        .unwrap_or(0.0);
+    let completed_before = metric(metrics_port, "concord_dispatcher_tasks_completed_total")
+        .await
+        .unwrap_or(0.0);
+    let mut phases = Vec::new();
+    for spec in specs {
+        eprintln!("bench: {name}: phase {}", spec.name);
+        let report = runner.run(&spec).await?;
+        eprintln!(
+            "bench: {name}: {}: {:.0} tasks/s, p50 {} ms, p99 {} ms, {} missing, {} duplicates",
+            report.name,
+            report.completed_per_second,
+            load::ms(report.latency.p50_ms),
+            load::ms(report.latency.p99_ms),
+            report.missing,
+            report.duplicates,
+        );
+        phases.push(report);
+    }
+    let commits = metric(metrics_port, "concord_dispatcher_write_batches_total")
+        .await
+        .unwrap_or(0.0)
+        - commits_before;
+    let completed = metric(metrics_port, "concord_dispatcher_tasks_completed_total")
+        .await
+        .unwrap_or(0.0)
+        - completed_before;
+    for client in [load_client, results_client] {
+        let _ = client.drain().await;
+    }
+    Ok(Configuration {
+        name: name.to_string(),
+        agents,
+        phases,
+        dispatcher_rss_mib_after: rss_mib(dispatcher_pid),
+        commits_per_task: if completed > 0.0 {
+            commits / completed
+        } else {
+            0.0
+        },
+    })
+}
+
+enum Layout {
+    /// One connection answers every agent's subject.
+    Shared,
+    /// Each agent on its own connection.
+    OwnConnections,
+}
+
+/// Registers `count` agents with capability `bench-<prefix>` and answers
+/// their assignments at once; dropping the result stops the responders.
+async fn agents(
+    args: &DispatcherArgs,
+    root: &str,
+    prefix: &str,
+    count: usize,
+    layout: Layout,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    eprintln!("bench: registering {count} agents for bench-{prefix}");
+    let register = infra::connect(&args.nats_url, "concord-bench-register").await?;
+    let ids: Vec<String> = (0..count).map(|n| format!("{prefix}{n:05}")).collect();
+    let mut handles = Vec::new();
+    match layout {
+        Layout::Shared => {
+            let client = infra::connect(&args.nats_url, "concord-bench-agents").await?;
+            let subscriber = client.subscribe(format!("{root}.agent.*.tasks")).await?;
+            handles.push(tokio::spawn(respond(client, subscriber)));
+        }
+        Layout::OwnConnections => {
+            for id in &ids {
+                let client = infra::connect(&args.nats_url, id).await?;
+                let subscriber = client.subscribe(format!("{root}.agent.{id}.tasks")).await?;
+                handles.push(tokio::spawn(respond(client, subscriber)));
+            }
+        }
+    }
+    let subject = format!("{root}.registry.register");
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for id in &ids {
+        let body = format!(
+            r#"{{"id":"{id}","name":"bench","capabilities":[{{"name":"bench-{prefix}","level":1}}],"maxConcurrency":1000}}"#
+        );
+        let register = register.clone();
+        let subject = subject.clone();
+        pending.push(async move {
+            let mut headers = HeaderMap::new();
+            headers.insert("Content-Type", "application/json");
+            let reply = register
+                .request_with_headers(subject, headers, Bytes::from(body))
+                .await?;
+            if reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Concord-Error-Code"))
+                .is_some()
+            {
+                bail!(
+                    "registration refused: {}",
+                    String::from_utf8_lossy(&reply.payload)
+                );
+            }
+            anyhow::Ok(())
+        });
+        while pending.len() >= 256 {
+            pending.next().await.transpose()?;
+        }
+    }
+    while let Some(done) = pending.next().await {
+        done?;
+    }
+    let _ = register.drain().await;
+    // The dispatcher's copy of the directory follows the KV bucket.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(handles)
+}
+
+/// A no-op agent: answers every assignment with a constant output.
+async fn respond(client: Client, mut subscriber: async_nats::Subscriber) {
+    static REPLY: &[u8] = br#"{"output":{"ok":true}}"#;
+    while let Some(message) = subscriber.next().await {
+        if let Some(reply) = message.reply {
+            let _ = client.publish(reply, Bytes::from_static(REPLY)).await;
+        }
+    }
+}
+
+async fn wait_ready(
+    control: &Client,
+    root: &str,
+    dispatcher: &mut ServiceProcess,
+) -> anyhow::Result<()> {
+    let js = jetstream::new(control.clone());
+    let stream = format!("{}_TASKS", root.to_uppercase());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        dispatcher.check_alive()?;
+        let registry_up = control
+            .request(
+                format!("{root}.registry.discover"),
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .is_ok();
+        if registry_up && js.get_stream(&stream).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the services did not become ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    procfs::memory(pid).map_or(0.0, |m| m.rss_bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// One value from the dispatcher's `/metrics`.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+impl DispatcherReport {
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut out = format!("### Dispatcher ({}, {})\n\n", self.date, self.machine);
+        let saturation = |phases: &[PhaseReport]| {
+            phases
+                .iter()
+                .find(|p| p.name == "saturation")
+                .map(|p| p.completed_per_second)
+        };
+        if let Some(baseline) = &self.baseline {
+            out.push_str("Raw baseline (same servers, same run):\n\n");
+            let phases: Vec<PhaseReport> = baseline.phases.iter().map(|p| p.load.clone()).collect();
+            out.push_str(&load::markdown_table(&phases));
+            out.push('\n');
+        }
+        for configuration in &self.configurations {
+            out.push_str(&format!(
+                "Concord, {} ({:.2} task-writer commits per task, dispatcher RSS after: {:.0} MiB):\n\n",
+                configuration.name, configuration.commits_per_task, configuration.dispatcher_rss_mib_after
+            ));
+            out.push_str(&load::markdown_table(&configuration.phases));
+            out.push('\n');
+        }
+        let baseline_saturation = self
+            .baseline
+            .as_ref()
+            .and_then(|b| saturation(&b.phases.iter().map(|p| p.load.clone()).collect::<Vec<_>>()));
+        let a = self
+            .configurations
+            .first()
+            .and_then(|c| saturation(&c.phases));
+        let c = self
+            .configurations
+            .get(2)
+            .and_then(|c| saturation(&c.phases));
+        if let (Some(concord), Some(baseline)) = (a, baseline_saturation) {
+            out.push_str(&format!(
+                "- Concord / baseline at saturation: {concord:.0} / {baseline:.0} = **{:.2}** (target ≥ 0.8)\n",
+                concord / baseline
+            ));
+        }
+        if let (Some(many), Some(few)) = (c, a) {
+            out.push_str(&format!(
+                "- Many agents / 10 agents at saturation: {many:.0} / {few:.0} = **{:.2}** (target ≥ 0.9)\n",
+                many / few
+            ));
+        }
+        if let Some(rate) = self
+            .configurations
+            .first()
+            .and_then(|c| c.phases.iter().find(|p| p.name == "rate 1000/s"))
+        {
+            out.push_str(&format!(
+                "- At 1,000 tasks/s: p50 {} ms, p99 {} ms (targets ≤ 1 ms, ≤ 5 ms)\n",
+                load::ms(rate.latency.p50_ms),
+                load::ms(rate.latency.p99_ms)
+            ));
+        }
+        out.push_str(&format!(
+            "- Dispatcher RSS: {:.0} MiB at start; after each configuration {}; with a backlog of {} tasks ({:.0} held by the dispatcher, the rest in the stream): {:.0} MiB\n",
+            self.rss_mib_start,
+            self.configurations
+                .iter()
+                .map(|c| format!("{:.0} MiB", c.dispatcher_rss_mib_after))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.backlog_tasks,
+            self.backlog_held,
+            self.backlog_rss_mib
+        ));
+        out
+    }
+}
