@@ -212,7 +212,7 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
             "--latency-ms".into(),
             "1..20".into(),
             "--crash-after".into(),
-            "400".into(),
+            "100".into(),
         ],
         &[],
     )

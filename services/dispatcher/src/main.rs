@@ -6,6 +6,12 @@ use clap::Parser;
 use concord_config::ServiceArgs;
 use concord_dispatcher::{DispatcherArgs, DispatcherConfig};
 
+/// The engine allocates small objects at a high rate on several threads;
+/// mimalloc costs a fraction of glibc's malloc there (measured in
+/// docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Task intake, routing, delivery, retries, dead letters and results.
 #[derive(Parser)]
 #[command(name = "concord-dispatcher", version, about)]

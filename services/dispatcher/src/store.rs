@@ -30,6 +30,8 @@ pub struct TaskWrite {
     pub events: Vec<NewEvent>,
 }
 
+/// The task rows (`$1`..`$14`) and, for the tasks this writer owns, their
+/// events (`$15`..`$23`), in one statement: one round trip, one commit.
 const UPSERT: &str = "\
 with input as (
     select * from unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::int4[],
@@ -54,8 +56,30 @@ inserted as (
     from input where expected = 0
     on conflict (task_id) do nothing
     returning task_id
+),
+owned as (
+    select task_id from updated union all select task_id from inserted
+),
+appended as (
+    insert into events (event_id, aggregate_type, aggregate_id, sequence, event_type, data,
+                        trace_id, source, occurred_at)
+    select e.* from unnest($15::uuid[], $16::text[], $17::text[], $18::int8[], $19::text[],
+                           $20::jsonb[], $21::text[], $22::text[], $23::timestamptz[])
+        as e(event_id, aggregate_type, aggregate_id, sequence, event_type, data, trace_id,
+             source, occurred_at)
+    where e.aggregate_id in (select task_id from owned)
+    on conflict (event_id) do nothing
+    returning 1
 )
-select task_id from updated union all select task_id from inserted";
+select task_id from owned";
+
+/// The rows only (rebuilding the projection).
+const UPSERT_ROWS: &str = "\
+insert into tasks (task_id, capability, status, priority, correlation_id, attempts, agent_id,
+                   spec, result, last_sequence, submitted_at, updated_at, completed_at)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::int4[],
+                     $7::text[], $8::jsonb[], $9::jsonb[], $10::int8[], $11::timestamptz[],
+                     $12::timestamptz[], $13::timestamptz[])";
 
 const ALL: &str = "\
 select task_id, status, attempts, agent_id, spec, result, last_sequence, submitted_at, updated_at, completed_at
@@ -151,28 +175,18 @@ impl TaskStore {
         self.events.events_for(AGGREGATE, id).await
     }
 
-    /// Writes a batch in one transaction; returns, per write (same order),
-    /// whether this writer owns the task (its row and events are stored).
-    /// Task ids must be unique within the batch.
-    pub async fn commit(&self, writes: &[&TaskWrite]) -> Result<Vec<bool>, StoreError> {
+    /// Writes a batch in one statement (so one transaction); returns, per
+    /// write (same order), whether this writer owns the task (its row and
+    /// events are stored). Task ids must be unique within the batch.
+    pub async fn commit(&self, writes: &[&TaskWrite]) -> anyhow::Result<Vec<bool>> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
-        let stored: HashSet<String> = upsert(&mut tx, writes).await?;
+        let stored: HashSet<String> = upsert(&self.pool, writes).await?.into_iter().collect();
         let mut owned: Vec<bool> = writes
             .iter()
             .map(|w| stored.contains(&w.view.task_id))
             .collect();
-        let events: Vec<&NewEvent> = writes
-            .iter()
-            .zip(&owned)
-            .filter(|(_, owned)| **owned)
-            .flat_map(|(w, _)| w.events.iter())
-            .collect();
-        if !events.is_empty() {
-            self.events.append_refs_in(&mut tx, &events).await?;
-        }
         // A write refused by the sequence check may be our own, committed by
         // an earlier try whose acknowledgement was lost: its last event is
         // then already stored.
@@ -185,7 +199,7 @@ impl TaskStore {
         if !unknown.is_empty() {
             let present: HashSet<uuid::Uuid> = sqlx::query_scalar(EXISTING_EVENTS)
                 .bind(&unknown)
-                .fetch_all(&mut *tx)
+                .fetch_all(&self.pool)
                 .await?
                 .into_iter()
                 .collect();
@@ -200,7 +214,6 @@ impl TaskStore {
                 }
             }
         }
-        tx.commit().await?;
         Ok(owned)
     }
 
@@ -250,79 +263,148 @@ impl TaskStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query("delete from tasks").execute(&mut *tx).await?;
         for chunk in views.chunks(1000) {
-            let writes: Vec<TaskWrite> = chunk
-                .iter()
-                .map(|view| TaskWrite {
-                    expected_sequence: 0,
-                    view: view.clone(),
-                    events: Vec::new(),
-                })
-                .collect();
-            let refs: Vec<&TaskWrite> = writes.iter().collect();
-            upsert(&mut tx, &refs).await?;
+            let columns = Columns::of(chunk.iter().map(|view| (view, 0)));
+            columns
+                .bind(sqlx::query(UPSERT_ROWS))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(views.len())
     }
 }
 
-async fn upsert(
-    conn: &mut sqlx::PgConnection,
-    writes: &[&TaskWrite],
-) -> Result<HashSet<String>, StoreError> {
-    let n = writes.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut capabilities = Vec::with_capacity(n);
-    let mut statuses = Vec::with_capacity(n);
-    let mut priorities = Vec::with_capacity(n);
-    let mut correlations = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut agents = Vec::with_capacity(n);
-    let mut specs = Vec::with_capacity(n);
-    let mut results = Vec::with_capacity(n);
-    let mut sequences = Vec::with_capacity(n);
-    let mut submitted = Vec::with_capacity(n);
-    let mut updated = Vec::with_capacity(n);
-    let mut completed = Vec::with_capacity(n);
-    let mut expected = Vec::with_capacity(n);
-    for write in writes {
-        let view = &write.view;
-        ids.push(view.task_id.as_str());
-        capabilities.push(view.task.capability.as_str());
-        statuses.push(view.status.as_str_name());
-        priorities.push(view.task.priority as i32);
-        correlations.push(view.task.correlation_id.as_str());
-        attempts.push(view.attempts as i32);
-        agents.push(view.agent_id.as_str());
-        // Only an insert stores the spec; updates leave it.
-        specs.push(Json(if write.expected_sequence == 0 {
-            wire_json(&view.task)
-        } else {
-            serde_json::Value::Null
-        }));
-        results.push(Json(wire_json(&view.result())));
-        sequences.push(view.last_sequence);
-        submitted.push(view.submitted_at);
-        updated.push(view.updated_at);
-        completed.push(view.completed_at);
-        expected.push(write.expected_sequence);
+/// The task-row columns of a batch.
+struct Columns<'a> {
+    ids: Vec<&'a str>,
+    capabilities: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    priorities: Vec<i32>,
+    correlations: Vec<&'a str>,
+    attempts: Vec<i32>,
+    agents: Vec<&'a str>,
+    specs: Vec<Json<serde_json::Value>>,
+    results: Vec<Json<serde_json::Value>>,
+    sequences: Vec<i64>,
+    submitted: Vec<DateTime<Utc>>,
+    updated: Vec<DateTime<Utc>>,
+    completed: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> Columns<'a> {
+    /// `(view, expected sequence)` pairs; the spec is stored only with an
+    /// insert (expected 0), updates leave it.
+    fn of(rows: impl ExactSizeIterator<Item = (&'a TaskView, i64)>) -> Self {
+        let n = rows.len();
+        let mut columns = Self {
+            ids: Vec::with_capacity(n),
+            capabilities: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            priorities: Vec::with_capacity(n),
+            correlations: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            agents: Vec::with_capacity(n),
+            specs: Vec::with_capacity(n),
+            results: Vec::with_capacity(n),
+            sequences: Vec::with_capacity(n),
+            submitted: Vec::with_capacity(n),
+            updated: Vec::with_capacity(n),
+            completed: Vec::with_capacity(n),
+        };
+        for (view, expected) in rows {
+            columns.ids.push(&view.task_id);
+            columns.capabilities.push(&view.task.capability);
+            columns.statuses.push(view.status.as_str_name());
+            columns.priorities.push(view.task.priority as i32);
+            columns.correlations.push(&view.task.correlation_id);
+            columns.attempts.push(view.attempts as i32);
+            columns.agents.push(&view.agent_id);
+            columns.specs.push(Json(if expected == 0 {
+                wire_json(&view.task)
+            } else {
+                serde_json::Value::Null
+            }));
+            columns.results.push(Json(wire_json(&view.result())));
+            columns.sequences.push(view.last_sequence);
+            columns.submitted.push(view.submitted_at);
+            columns.updated.push(view.updated_at);
+            columns.completed.push(view.completed_at);
+        }
+        columns
     }
-    let stored: Vec<String> = sqlx::query_scalar(UPSERT)
-        .bind(ids)
-        .bind(capabilities)
-        .bind(statuses)
-        .bind(priorities)
-        .bind(correlations)
-        .bind(attempts)
-        .bind(agents)
-        .bind(specs)
-        .bind(results)
-        .bind(sequences)
-        .bind(submitted)
-        .bind(updated)
-        .bind(completed)
+
+    fn bind(
+        self,
+        query: sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.capabilities)
+            .bind(self.statuses)
+            .bind(self.priorities)
+            .bind(self.correlations)
+            .bind(self.attempts)
+            .bind(self.agents)
+            .bind(self.specs)
+            .bind(self.results)
+            .bind(self.sequences)
+            .bind(self.submitted)
+            .bind(self.updated)
+            .bind(self.completed)
+    }
+}
+
+/// Rows and owned events of a batch in one statement; returns the owned task ids.
+async fn upsert(pool: &PgPool, writes: &[&TaskWrite]) -> Result<Vec<String>, StoreError> {
+    let columns = Columns::of(writes.iter().map(|w| (&w.view, w.expected_sequence)));
+    let expected: Vec<i64> = writes.iter().map(|w| w.expected_sequence).collect();
+    let events: Vec<&NewEvent> = writes.iter().flat_map(|w| w.events.iter()).collect();
+    let n = events.len();
+    let mut event_ids = Vec::with_capacity(n);
+    let mut aggregate_types = Vec::with_capacity(n);
+    let mut aggregate_ids = Vec::with_capacity(n);
+    let mut event_sequences = Vec::with_capacity(n);
+    let mut event_types = Vec::with_capacity(n);
+    let mut data = Vec::with_capacity(n);
+    let mut trace_ids = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    for event in events {
+        event_ids.push(event.event_id);
+        aggregate_types.push(event.aggregate_type.as_str());
+        aggregate_ids.push(event.aggregate_id.as_str());
+        event_sequences.push(event.sequence);
+        event_types.push(event.event_type.as_str());
+        data.push(Json(&event.data));
+        trace_ids.push(event.trace_id.as_deref());
+        sources.push(event.source.as_str());
+        occurred.push(event.occurred_at);
+    }
+    let owned: Vec<String> = sqlx::query_scalar(UPSERT)
+        .bind(columns.ids)
+        .bind(columns.capabilities)
+        .bind(columns.statuses)
+        .bind(columns.priorities)
+        .bind(columns.correlations)
+        .bind(columns.attempts)
+        .bind(columns.agents)
+        .bind(columns.specs)
+        .bind(columns.results)
+        .bind(columns.sequences)
+        .bind(columns.submitted)
+        .bind(columns.updated)
+        .bind(columns.completed)
         .bind(expected)
-        .fetch_all(&mut *conn)
+        .bind(event_ids)
+        .bind(aggregate_types)
+        .bind(aggregate_ids)
+        .bind(event_sequences)
+        .bind(event_types)
+        .bind(data)
+        .bind(trace_ids)
+        .bind(sources)
+        .bind(occurred)
+        .fetch_all(pool)
         .await?;
-    Ok(stored.into_iter().collect())
+    Ok(owned)
 }
