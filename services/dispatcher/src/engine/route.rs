@@ -19,6 +19,8 @@ use super::{Engine, Phase, Run, Timer};
 /// Most capable agents one routing decision considers (see `Engine::route`).
 pub const ROUTING_WINDOW: usize = 64;
 use crate::projection::{TaskEvent, reason};
+use concord_wire::v1::RoutingStrategy;
+
 use crate::routing::{Candidate, NoAgentReason, RouteDecision};
 
 impl Engine {
@@ -162,9 +164,10 @@ impl Engine {
     ///
     /// A task naming its agents considers those. Otherwise, with more than
     /// [`ROUTING_WINDOW`] capable agents, each decision considers a window
-    /// of that many, the next one each time (every agent is considered in
-    /// turn, and a decision costs the same with 10 or 10,000 agents; when a
-    /// window has nobody eligible, the next windows are tried).
+    /// of that many (a decision costs the same with 10 or 10,000 agents).
+    /// ROUND_ROBIN moves the window on after every pick, so every agent gets
+    /// its turn; the other strategies keep a window while someone in it can
+    /// take work. When a window has nobody eligible, the next ones are tried.
     fn route(&mut self, task_id: &str) -> RouteDecision {
         // With windows, look at every window before concluding nobody can.
         let mut tries = 1;
@@ -232,12 +235,22 @@ impl Engine {
         if let Some(end) = window_end {
             // The next window starts after the agent just picked (so equal
             // agents take turns), or after this window if nobody was.
+            let spec = &self.tasks[task_id].spec;
+            let round_robin = self.router.strategy_for(spec) == RoutingStrategy::RoundRobin;
             let next = match &decision {
-                RouteDecision::Assign(agents) => agents.last().cloned().unwrap_or(end),
-                RouteDecision::NoEligibleAgent { .. } => end,
+                // ROUND_ROBIN: the next window starts after the agent just
+                // picked, so every agent gets its turn.
+                RouteDecision::Assign(agents) if round_robin => agents.last().cloned(),
+                // Other strategies keep their window while it has someone
+                // eligible: fewer distinct agent subjects per second is
+                // cheaper for nats-server than spreading over the fleet.
+                RouteDecision::Assign(_) => None,
+                RouteDecision::NoEligibleAgent { .. } => Some(end),
             };
-            let capability = self.tasks[task_id].spec.capability.clone();
-            self.windows.insert(capability, next);
+            if let Some(next) = next {
+                let capability = spec.capability.clone();
+                self.windows.insert(capability, next);
+            }
         }
         (decision, windows)
     }
