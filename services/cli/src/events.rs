@@ -26,7 +26,9 @@ pub enum EventsCommand {
     /// prints how many tasks it rebuilt. With --verify it only compares the
     /// folded events with the table and exits 1, listing the task ids that
     /// differ, when they do. Tasks that change while it runs can show up as
-    /// differences: verify on a quiet system (or run it again).
+    /// differences: verify on a quiet system (or run it again). Rebuild only
+    /// with every dispatcher stopped: a dispatcher writing a task while its
+    /// row is being replaced fails its sequence check and gives the task up.
     #[command(after_help = "Examples:\n  \
         concord events replay --aggregate task --limit 20\n  \
         concord events replay --project tasks --verify\n  \
