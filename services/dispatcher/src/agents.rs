@@ -98,7 +98,7 @@ impl Loads {
         &self,
         directory: &SharedDirectory,
         select: impl for<'a> FnOnce(&'a concord_directory::Directory) -> Vec<&'a AgentRecord>,
-        f: impl FnOnce(&[Candidate<'_>]) -> R,
+        f: impl FnOnce(Vec<Candidate<'_>>) -> R,
     ) -> R {
         let directory = directory.read().expect("directory lock");
         let inner = self.inner.lock().expect("loads lock");
@@ -109,7 +109,7 @@ impl Loads {
             .collect();
         drop(own);
         drop(inner);
-        f(&candidates)
+        f(candidates)
     }
 }
 

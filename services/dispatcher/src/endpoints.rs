@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DispatcherConfig;
-use crate::engine::Command;
+use crate::engine::{Command, REPLAYED_HEADER};
 use crate::projection::{AGGREGATE, Finality, TaskEvent, TaskView, from_wire_json};
 use crate::store::{TaskStore, TaskWrite};
 use crate::submission::{self, Origin};
@@ -191,7 +191,7 @@ impl Endpoints {
             if owned.first() == Some(&true) {
                 self.events.publish_committed(&[event]).await;
                 let result = write.view.result();
-                publish_result(&self.bus, &result).await;
+                publish_result(&self.bus, &result, false).await;
                 return Reply::to(&request, &result);
             }
         }
@@ -205,11 +205,15 @@ impl Endpoints {
     }
 }
 
-/// Publishes a final result on `<root>.tasks.result.<id>`.
-async fn publish_result(bus: &Bus, result: &TaskResult) {
+/// Publishes a final result on `<root>.tasks.result.<id>`; `replayed`
+/// marks a re-publication (header [`REPLAYED_HEADER`]).
+pub(crate) async fn publish_result(bus: &Bus, result: &TaskResult, replayed: bool) {
     let payload = codec::encode(ContentType::Json, result).expect("results encode");
     let mut headers = HeaderMap::new();
     headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
+    if replayed {
+        headers.insert(REPLAYED_HEADER, "true");
+    }
     if let Err(error) = bus
         .client
         .publish_with_headers(
@@ -233,15 +237,13 @@ fn cancelled(
     let event = TaskEvent::Cancelled {
         reason: reason.to_string(),
     };
-    let mut stored = events.event(
+    let stored = events.event(
         AGGREGATE,
         &view.task_id,
         expected + 1,
         event.event_type(),
         event.data(),
     );
-    let nanos = stored.occurred_at.timestamp_subsec_nanos() % 1000;
-    stored.occurred_at -= chrono::Duration::nanoseconds(i64::from(nanos));
     view.apply(expected + 1, &event, stored.occurred_at);
     (
         TaskWrite {

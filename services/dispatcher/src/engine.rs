@@ -321,16 +321,13 @@ impl Engine {
             return;
         };
         let sequence = held.view.last_sequence + 1;
-        let mut stored = self.events.event(
+        let stored = self.events.event(
             AGGREGATE,
             task_id,
             sequence,
             event.event_type(),
             event.data(),
         );
-        // The store keeps microseconds: the live view must hold the same
-        // time a replay will read back.
-        stored.occurred_at = truncate_micros(stored.occurred_at);
         match &event {
             TaskEvent::Submitted { task } if held.view.last_sequence == 0 => {
                 held.view = TaskView::submitted(task.clone(), sequence, stored.occurred_at);
@@ -443,10 +440,4 @@ impl Engine {
             } => self.cancel(&task_id, &reason, reply).await,
         }
     }
-}
-
-/// `at` cut to whole microseconds.
-fn truncate_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
-    let nanos = at.timestamp_subsec_nanos();
-    at - chrono::Duration::nanoseconds(i64::from(nanos % 1000))
 }

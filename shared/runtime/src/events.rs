@@ -87,7 +87,10 @@ impl EventPublisher {
         &self.source
     }
 
-    /// A new event from this service, with a fresh id, the current trace id and time.
+    /// A new event from this service, with a fresh id, the current trace id
+    /// and time. The time is cut to whole microseconds, the event store's
+    /// precision, so state derived from the event in memory equals what a
+    /// replay reads back.
     pub fn event(
         &self,
         aggregate_type: &str,
@@ -105,7 +108,7 @@ impl EventPublisher {
             data,
             trace_id: concord_telemetry::current_trace_id(),
             source: self.source.to_string(),
-            occurred_at: chrono::Utc::now(),
+            occurred_at: whole_micros(chrono::Utc::now()),
         }
     }
 
@@ -196,6 +199,12 @@ async fn write_loop(
         }
         rows.clear();
     }
+}
+
+/// `at` without its sub-microsecond part.
+fn whole_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    let extra = at.timestamp_subsec_nanos() % 1000;
+    at - chrono::Duration::nanoseconds(i64::from(extra))
 }
 
 /// Publishes committed events as core NATS messages (cheap; the durable copy is

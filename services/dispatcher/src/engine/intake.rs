@@ -8,9 +8,9 @@ use async_nats::jetstream;
 use concord_bus::headers;
 use concord_bus::service::header_map;
 use concord_store::NewDeadLetter;
-use concord_wire::codec::{self, ContentType};
 
-use super::{Engine, Held, Phase, REPLAY_OF_HEADER, REPLAYED_HEADER};
+use super::{Engine, Held, Phase, REPLAY_OF_HEADER};
+use crate::endpoints::publish_result;
 use crate::projection::{Finality, TaskEvent, TaskView};
 use crate::submission::{self, Origin};
 use crate::task_spec::TaskSpec;
@@ -151,7 +151,7 @@ impl Engine {
                         // Finished before: a duplicate submission, or our own
                         // redelivered after a crash between commit and ack.
                         self.metrics.duplicates.inc();
-                        self.publish_result(&view.result(), true).await;
+                        publish_result(&self.bus, &view.result(), true).await;
                         let _ = intake.message.ack().await;
                     }
                 }
@@ -258,29 +258,6 @@ impl Engine {
             }
             let _ = message.ack().await;
         });
-    }
-
-    /// Publishes a task's final result on `<root>.tasks.result.<id>`.
-    pub(super) async fn publish_result(
-        &self,
-        result: &concord_wire::v1::TaskResult,
-        replayed: bool,
-    ) {
-        let subject = self.bus.subjects.task_result(&result.task_id);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
-        if replayed {
-            headers.insert(REPLAYED_HEADER, "true");
-        }
-        let payload = codec::encode(ContentType::Json, result).expect("results encode");
-        if let Err(error) = self
-            .bus
-            .client
-            .publish_with_headers(subject, headers, payload.into())
-            .await
-        {
-            tracing::warn!(%error, task_id = %result.task_id, "cannot publish task result");
-        }
     }
 }
 

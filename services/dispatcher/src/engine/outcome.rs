@@ -133,7 +133,6 @@ impl Engine {
             return;
         };
         let fan_out = run.agents.len() > 1
-            || !held.spec.targets.is_empty() && held.spec.fanout > 0
             || matches!(
                 self.router.strategy_for(&held.spec),
                 concord_wire::v1::RoutingStrategy::Broadcast
@@ -467,7 +466,7 @@ impl Engine {
             if matches!(held.phase, Phase::Final) {
                 let held = self.tasks.remove(&task_id).expect("held");
                 let result = held.view.result();
-                self.publish_result(&result, false).await;
+                crate::endpoints::publish_result(&self.bus, &result, false).await;
                 let _ = held.message.ack().await;
                 for waiter in held.waiters {
                     let _ = waiter.send(Some(result.clone()));

@@ -214,8 +214,7 @@ impl Engine {
                         .collect()
                 }
             },
-            |candidates| {
-                let mut candidates: Vec<Candidate<'_>> = candidates.to_vec();
+            |mut candidates| {
                 for candidate in &mut candidates {
                     candidate.breaker_open = breakers.is_open(candidate.id(), now_ms);
                 }
