@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use concord_store::{EventStore, NewEvent, ReplayFilter, StoreError};
+use concord_store::{EventColumns, EventStore, NewEvent, ReplayFilter, StoreError};
 use concord_wire::v1::{TaskResult, TaskStatus};
 use sqlx::PgPool;
 use sqlx::types::Json;
@@ -72,14 +72,6 @@ appended as (
     returning 1
 )
 select task_id from owned";
-
-/// The rows only (rebuilding the projection).
-const UPSERT_ROWS: &str = "\
-insert into tasks (task_id, capability, status, priority, correlation_id, attempts, agent_id,
-                   spec, result, last_sequence, submitted_at, updated_at, completed_at)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::int4[],
-                     $7::text[], $8::jsonb[], $9::jsonb[], $10::int8[], $11::timestamptz[],
-                     $12::timestamptz[], $13::timestamptz[])";
 
 const ALL: &str = "\
 select task_id, status, attempts, agent_id, spec, result, last_sequence, submitted_at, updated_at, completed_at
@@ -263,11 +255,16 @@ impl TaskStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query("delete from tasks").execute(&mut *tx).await?;
         for chunk in views.chunks(1000) {
-            let columns = Columns::of(chunk.iter().map(|view| (view, 0)));
-            columns
-                .bind(sqlx::query(UPSERT_ROWS))
-                .execute(&mut *tx)
-                .await?;
+            let writes: Vec<TaskWrite> = chunk
+                .iter()
+                .map(|view| TaskWrite {
+                    expected_sequence: 0,
+                    view: view.clone(),
+                    events: Vec::new(),
+                })
+                .collect();
+            let writes: Vec<&TaskWrite> = writes.iter().collect();
+            upsert(&mut *tx, &writes).await?;
         }
         tx.commit().await?;
         Ok(views.len())
@@ -332,54 +329,17 @@ impl<'a> Columns<'a> {
         }
         columns
     }
-
-    fn bind(
-        self,
-        query: sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        query
-            .bind(self.ids)
-            .bind(self.capabilities)
-            .bind(self.statuses)
-            .bind(self.priorities)
-            .bind(self.correlations)
-            .bind(self.attempts)
-            .bind(self.agents)
-            .bind(self.specs)
-            .bind(self.results)
-            .bind(self.sequences)
-            .bind(self.submitted)
-            .bind(self.updated)
-            .bind(self.completed)
-    }
 }
 
 /// Rows and owned events of a batch in one statement; returns the owned task ids.
-async fn upsert(pool: &PgPool, writes: &[&TaskWrite]) -> Result<Vec<String>, StoreError> {
+async fn upsert<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    writes: &[&TaskWrite],
+) -> Result<Vec<String>, StoreError> {
     let columns = Columns::of(writes.iter().map(|w| (&w.view, w.expected_sequence)));
     let expected: Vec<i64> = writes.iter().map(|w| w.expected_sequence).collect();
     let events: Vec<&NewEvent> = writes.iter().flat_map(|w| w.events.iter()).collect();
-    let n = events.len();
-    let mut event_ids = Vec::with_capacity(n);
-    let mut aggregate_types = Vec::with_capacity(n);
-    let mut aggregate_ids = Vec::with_capacity(n);
-    let mut event_sequences = Vec::with_capacity(n);
-    let mut event_types = Vec::with_capacity(n);
-    let mut data = Vec::with_capacity(n);
-    let mut trace_ids = Vec::with_capacity(n);
-    let mut sources = Vec::with_capacity(n);
-    let mut occurred = Vec::with_capacity(n);
-    for event in events {
-        event_ids.push(event.event_id);
-        aggregate_types.push(event.aggregate_type.as_str());
-        aggregate_ids.push(event.aggregate_id.as_str());
-        event_sequences.push(event.sequence);
-        event_types.push(event.event_type.as_str());
-        data.push(Json(&event.data));
-        trace_ids.push(event.trace_id.as_deref());
-        sources.push(event.source.as_str());
-        occurred.push(event.occurred_at);
-    }
+    let events = EventColumns::of(&events);
     let owned: Vec<String> = sqlx::query_scalar(UPSERT)
         .bind(columns.ids)
         .bind(columns.capabilities)
@@ -395,16 +355,16 @@ async fn upsert(pool: &PgPool, writes: &[&TaskWrite]) -> Result<Vec<String>, Sto
         .bind(columns.updated)
         .bind(columns.completed)
         .bind(expected)
-        .bind(event_ids)
-        .bind(aggregate_types)
-        .bind(aggregate_ids)
-        .bind(event_sequences)
-        .bind(event_types)
-        .bind(data)
-        .bind(trace_ids)
-        .bind(sources)
-        .bind(occurred)
-        .fetch_all(pool)
+        .bind(events.event_ids)
+        .bind(events.aggregate_types)
+        .bind(events.aggregate_ids)
+        .bind(events.sequences)
+        .bind(events.event_types)
+        .bind(events.data)
+        .bind(events.trace_ids)
+        .bind(events.sources)
+        .bind(events.occurred_ats)
+        .fetch_all(executor)
         .await?;
     Ok(owned)
 }

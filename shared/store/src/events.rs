@@ -325,36 +325,17 @@ async fn insert(
         return Ok(AppendOutcome::default());
     }
     let n = events.len();
-    let mut event_ids = Vec::with_capacity(n);
-    let mut aggregate_types = Vec::with_capacity(n);
-    let mut aggregate_ids = Vec::with_capacity(n);
-    let mut sequences = Vec::with_capacity(n);
-    let mut event_types = Vec::with_capacity(n);
-    let mut data = Vec::with_capacity(n);
-    let mut trace_ids = Vec::with_capacity(n);
-    let mut sources = Vec::with_capacity(n);
-    let mut occurred_ats = Vec::with_capacity(n);
-    for event in events.iter().copied() {
-        event_ids.push(event.event_id);
-        aggregate_types.push(event.aggregate_type.as_str());
-        aggregate_ids.push(event.aggregate_id.as_str());
-        sequences.push(event.sequence);
-        event_types.push(event.event_type.as_str());
-        data.push(Json(&event.data));
-        trace_ids.push(event.trace_id.as_deref());
-        sources.push(event.source.as_str());
-        occurred_ats.push(event.occurred_at);
-    }
+    let columns = EventColumns::of(events);
     let result = sqlx::query(INSERT_EVENTS)
-        .bind(event_ids)
-        .bind(aggregate_types)
-        .bind(aggregate_ids)
-        .bind(sequences)
-        .bind(event_types)
-        .bind(data)
-        .bind(trace_ids)
-        .bind(sources)
-        .bind(occurred_ats)
+        .bind(columns.event_ids)
+        .bind(columns.aggregate_types)
+        .bind(columns.aggregate_ids)
+        .bind(columns.sequences)
+        .bind(columns.event_types)
+        .bind(columns.data)
+        .bind(columns.trace_ids)
+        .bind(columns.sources)
+        .bind(columns.occurred_ats)
         .execute(&mut *conn)
         .await
         .map_err(|err| classify(err, events))?;
@@ -363,6 +344,51 @@ async fn insert(
         inserted,
         duplicates: n as u64 - inserted,
     })
+}
+
+/// A batch of events as the nine column arrays of the `events` table, in
+/// column order, for an `UNNEST` insert (also inside a caller's own
+/// statement that writes other rows in the same round trip).
+pub struct EventColumns<'a> {
+    pub event_ids: Vec<Uuid>,
+    pub aggregate_types: Vec<&'a str>,
+    pub aggregate_ids: Vec<&'a str>,
+    pub sequences: Vec<i64>,
+    pub event_types: Vec<&'a str>,
+    pub data: Vec<Json<&'a serde_json::Value>>,
+    pub trace_ids: Vec<Option<&'a str>>,
+    pub sources: Vec<&'a str>,
+    pub occurred_ats: Vec<DateTime<Utc>>,
+}
+
+impl<'a> EventColumns<'a> {
+    /// The columns of `events`, in order.
+    pub fn of(events: &[&'a NewEvent]) -> Self {
+        let n = events.len();
+        let mut columns = Self {
+            event_ids: Vec::with_capacity(n),
+            aggregate_types: Vec::with_capacity(n),
+            aggregate_ids: Vec::with_capacity(n),
+            sequences: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            trace_ids: Vec::with_capacity(n),
+            sources: Vec::with_capacity(n),
+            occurred_ats: Vec::with_capacity(n),
+        };
+        for event in events.iter().copied() {
+            columns.event_ids.push(event.event_id);
+            columns.aggregate_types.push(event.aggregate_type.as_str());
+            columns.aggregate_ids.push(event.aggregate_id.as_str());
+            columns.sequences.push(event.sequence);
+            columns.event_types.push(event.event_type.as_str());
+            columns.data.push(Json(&event.data));
+            columns.trace_ids.push(event.trace_id.as_deref());
+            columns.sources.push(event.source.as_str());
+            columns.occurred_ats.push(event.occurred_at);
+        }
+        columns
+    }
 }
 
 /// Turns a violation of the sequence constraint into a typed conflict naming

@@ -24,7 +24,7 @@ pub use dead_letters::{
     DeadLetter, DeadLetterCursor, DeadLetterFilter, DeadLetterStore, NewDeadLetter, PurgeFilter,
 };
 pub use error::StoreError;
-pub use events::{AppendOutcome, EventStore, NewEvent, ReplayFilter, StoredEvent};
+pub use events::{AppendOutcome, EventColumns, EventStore, NewEvent, ReplayFilter, StoredEvent};
 pub use pool::{DEFAULT_CONNECT_TIMEOUT, connect, connect_with_timeout, migrate};
 
 /// Re-exported so callers can name pool and transaction types without their own sqlx import.
