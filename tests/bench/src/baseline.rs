@@ -93,32 +93,13 @@ pub struct BaselineArgs {
     /// `max_ack_pending` of the pipeline's consumer.
     #[arg(long, default_value_t = 20_000)]
     pub max_ack_pending: i64,
-    /// NATS server.
-    #[arg(
-        long,
-        env = "CONCORD_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// Any database on the Postgres server to use; its role must be allowed
-    /// to create databases (the run creates and drops its own).
-    #[arg(
-        long,
-        env = "CONCORD_DATABASE_URL",
-        default_value = "postgres://concord:concord@127.0.0.1:5433/concord"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub servers: infra::Servers,
 }
 
 impl Default for BaselineArgs {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            args: BaselineArgs,
-        }
-        Defaults::parse_from(["baseline"]).args
+        infra::defaults()
     }
 }
 
@@ -495,9 +476,9 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
     let stream_name = format!("{}_TASKS", root.to_uppercase());
     let machine = procfs::Machine::describe();
 
-    let control = infra::connect(&args.nats_url, "concord-bench-baseline").await?;
+    let control = infra::connect(&args.servers.nats_url, "concord-bench-baseline").await?;
     let nats_server_version = control.server_info().version;
-    let mut admin = infra::admin_connection(&args.database_url).await?;
+    let mut admin = infra::admin_connection(&args.servers.database_url).await?;
     let (postgres_version, backend): (String, i32) =
         sqlx::query_as("select current_setting('server_version'), pg_backend_pid()")
             .fetch_one(&mut admin)
@@ -505,10 +486,10 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
     // While the backend still runs.
     let postmaster = procfs::parent(backend as u32);
     let _ = sqlx::Connection::close(admin).await;
-    let nats_pid = infra::url_port(&args.nats_url).and_then(procfs::listener);
+    let nats_pid = infra::url_port(&args.servers.nats_url).and_then(procfs::listener);
 
     eprintln!("bench: baseline, subject root {root}, stream {stream_name}, database {database}");
-    let scratch = ScratchDatabase::create(&args.database_url, &database).await?;
+    let scratch = ScratchDatabase::create(&args.servers.database_url, &database).await?;
     let setup = Setup {
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         machine,
@@ -602,14 +583,14 @@ async fn measure(
     // The worker.
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker_subject = Subject::from(format!("{root}.worker"));
-    let worker_client = infra::connect(&args.nats_url, "concord-bench-worker").await?;
+    let worker_client = infra::connect(&args.servers.nats_url, "concord-bench-worker").await?;
     let requests = worker_client.subscribe(worker_subject.clone()).await?;
     worker_client.flush().await?;
     let worker_task = tokio::spawn(worker(worker_client.clone(), requests, stop_rx.clone()));
 
     // The pipeline and its writer.
     let counters = Arc::new(Counters::default());
-    let pipeline_client = infra::connect(&args.nats_url, "concord-bench-pipeline").await?;
+    let pipeline_client = infra::connect(&args.servers.nats_url, "concord-bench-pipeline").await?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(args.batch)
@@ -636,8 +617,8 @@ async fn measure(
     ));
 
     // The load.
-    let load_client = infra::connect(&args.nats_url, "concord-bench-load").await?;
-    let results_client = infra::connect(&args.nats_url, "concord-bench-results").await?;
+    let load_client = infra::connect(&args.servers.nats_url, "concord-bench-load").await?;
+    let results_client = infra::connect(&args.servers.nats_url, "concord-bench-results").await?;
     let load_js = jetstream::ContextBuilder::new()
         .max_ack_inflight(16_384)
         .build(load_client.clone());

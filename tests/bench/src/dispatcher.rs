@@ -63,31 +63,13 @@ pub struct DispatcherArgs {
     /// Use the release binaries as they are (no `cargo build --release`).
     #[arg(long)]
     pub no_build: bool,
-    /// NATS server.
-    #[arg(
-        long,
-        env = "CONCORD_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// Any database on the Postgres server; the run creates and drops its own.
-    #[arg(
-        long,
-        env = "CONCORD_DATABASE_URL",
-        default_value = "postgres://concord:concord@127.0.0.1:5433/concord"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub servers: infra::Servers,
 }
 
 impl Default for DispatcherArgs {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            args: DispatcherArgs,
-        }
-        Defaults::parse_from(["dispatcher"]).args
+        infra::defaults()
     }
 }
 
@@ -127,8 +109,7 @@ pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
             saturation_seconds: args.saturation_seconds,
             saturation_in_flight: args.saturation_in_flight,
             warmup: args.warmup,
-            nats_url: args.nats_url.clone(),
-            database_url: args.database_url.clone(),
+            servers: args.servers.clone(),
             ..BaselineArgs::default()
         };
         Some(baseline::run(&baseline_args).await?)
@@ -141,11 +122,11 @@ pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
     let tag = rng.tag();
     let root = format!("bench{tag}");
     let database = format!("concord_bench_{tag}");
-    let scratch = ScratchDatabase::create(&args.database_url, &database).await?;
+    let scratch = ScratchDatabase::create(&args.servers.database_url, &database).await?;
     let metrics_port = free_port()?;
     let common = |extra: &[(&'static str, String)]| {
         let mut env = vec![
-            ("CONCORD_NATS_URL", args.nats_url.clone()),
+            ("CONCORD_NATS_URL", args.servers.nats_url.clone()),
             ("CONCORD_DATABASE_URL", scratch.url.clone()),
             ("CONCORD_SUBJECT_ROOT", root.clone()),
             ("CONCORD_LOG", "warn".to_string()),
@@ -184,7 +165,7 @@ pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
             return Err(error);
         }
     };
-    let control = infra::connect(&args.nats_url, "concord-bench-control").await?;
+    let control = infra::connect(&args.servers.nats_url, "concord-bench-control").await?;
     let body = measure(
         args,
         &root,
@@ -247,7 +228,7 @@ async fn measure(
 ) -> anyhow::Result<Measured> {
     wait_ready(control, root, dispatcher).await?;
     let rss_start = rss_mib(dispatcher.pid);
-    let nats_pid = infra::url_port(&args.nats_url).and_then(procfs::listener);
+    let nats_pid = infra::url_port(&args.servers.nats_url).and_then(procfs::listener);
     let dispatcher_pid = dispatcher.pid;
     let cpu_groups = move || {
         let mut groups = vec![
@@ -397,8 +378,8 @@ async fn configuration(
     dispatcher_pid: u32,
     cpu_groups: &(impl Fn() -> Vec<CpuGroup> + Clone + Send + Sync + 'static),
 ) -> anyhow::Result<Configuration> {
-    let load_client = infra::connect(&args.nats_url, "concord-bench-load").await?;
-    let results_client = infra::connect(&args.nats_url, "concord-bench-results").await?;
+    let load_client = infra::connect(&args.servers.nats_url, "concord-bench-load").await?;
+    let results_client = infra::connect(&args.servers.nats_url, "concord-bench-results").await?;
     let js = jetstream::ContextBuilder::new()
         .max_ack_inflight(16_384)
         .build(load_client.clone());
@@ -491,18 +472,18 @@ async fn agents(
     layout: Layout,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     eprintln!("bench: registering {count} agents for bench-{prefix}");
-    let register = infra::connect(&args.nats_url, "concord-bench-register").await?;
+    let register = infra::connect(&args.servers.nats_url, "concord-bench-register").await?;
     let ids: Vec<String> = (0..count).map(|n| format!("{prefix}{n:05}")).collect();
     let mut handles = Vec::new();
     match layout {
         Layout::Shared => {
-            let client = infra::connect(&args.nats_url, "concord-bench-agents").await?;
+            let client = infra::connect(&args.servers.nats_url, "concord-bench-agents").await?;
             let subscriber = client.subscribe(format!("{root}.agent.*.tasks")).await?;
             handles.push(tokio::spawn(respond(client, subscriber)));
         }
         Layout::OwnConnections => {
             for id in &ids {
-                let client = infra::connect(&args.nats_url, id).await?;
+                let client = infra::connect(&args.servers.nats_url, id).await?;
                 let subscriber = client.subscribe(format!("{root}.agent.{id}.tasks")).await?;
                 handles.push(tokio::spawn(respond(client, subscriber)));
             }

@@ -280,6 +280,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_benchmark_has_defaults() {
+        let dispatcher: crate::dispatcher::DispatcherArgs = defaults();
+        assert_eq!(dispatcher.rates, [1000, 5000, 10000]);
+        assert!(!dispatcher.servers.nats_url.is_empty());
+        let baseline: crate::baseline::BaselineArgs = defaults();
+        assert_eq!(baseline.seconds, 10);
+        let registry: crate::registry::RegistryArgs = defaults();
+        assert!(!registry.no_build);
+    }
+
+    #[test]
     fn ports_and_redaction() {
         assert_eq!(url_port("nats://127.0.0.1:4222"), Some(4222));
         assert_eq!(url_port("nats://u:p@h:4333,nats://h2:1"), Some(4333));
@@ -302,4 +313,34 @@ mod tests {
         }
         assert_eq!(a.tag().len(), 8);
     }
+}
+
+/// The servers a benchmark runs against (every benchmark takes these flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Servers {
+    /// NATS server.
+    #[arg(
+        long,
+        env = "CONCORD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Any database on the Postgres server to use; its role must be allowed
+    /// to create databases (the run creates and drops its own).
+    #[arg(
+        long,
+        env = "CONCORD_DATABASE_URL",
+        default_value = "postgres://concord:concord@127.0.0.1:5433/concord"
+    )]
+    pub database_url: String,
+}
+
+/// A benchmark's options with every default (and `CONCORD_*` variables).
+pub fn defaults<T: clap::Args>() -> T {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Defaults;
+    let command = T::augment_args(<Defaults as clap::CommandFactory>::command());
+    let matches = command.get_matches_from(["concord-bench"]);
+    T::from_arg_matches(&matches).expect("the defaults parse")
 }

@@ -111,32 +111,13 @@ pub struct RegistryArgs {
     /// Do not run `cargo build --release -p concord-registry` first.
     #[arg(long)]
     pub no_build: bool,
-    /// NATS server.
-    #[arg(
-        long,
-        env = "CONCORD_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// Any database on the Postgres server to use; its role must be allowed
-    /// to create databases (the run creates and drops its own).
-    #[arg(
-        long,
-        env = "CONCORD_DATABASE_URL",
-        default_value = "postgres://concord:concord@127.0.0.1:5433/concord"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub servers: infra::Servers,
 }
 
 impl Default for RegistryArgs {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            args: RegistryArgs,
-        }
-        Defaults::parse_from(["registry"]).args
+        infra::defaults()
     }
 }
 
@@ -949,21 +930,21 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<RegistryReport> {
     let database = format!("concord_bench_{tag}");
     let machine = procfs::Machine::describe();
 
-    let control = infra::connect(&args.nats_url, "concord-bench").await?;
+    let control = infra::connect(&args.servers.nats_url, "concord-bench").await?;
     let nats_server_version = control.server_info().version;
-    let mut admin = infra::admin_connection(&args.database_url).await?;
+    let mut admin = infra::admin_connection(&args.servers.database_url).await?;
     let (postgres_version, backend): (String, i32) =
         sqlx::query_as("select current_setting('server_version'), pg_backend_pid()")
             .fetch_one(&mut admin)
             .await?;
     let postmaster = procfs::parent(backend as u32);
-    let nats_pid = infra::url_port(&args.nats_url).and_then(procfs::listener);
+    let nats_pid = infra::url_port(&args.servers.nats_url).and_then(procfs::listener);
 
     eprintln!(
         "bench: registry, {} agents, subject root {root}, database {database}",
         args.agents
     );
-    let scratch = ScratchDatabase::create(&args.database_url, &database).await?;
+    let scratch = ScratchDatabase::create(&args.servers.database_url, &database).await?;
     if let Some(ms) = args.explain_slower_than {
         for setting in [
             "session_preload_libraries = 'auto_explain'".to_owned(),
@@ -984,7 +965,7 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<RegistryReport> {
     let registry = ServiceProcess::spawn(
         "concord-registry",
         &[
-            ("CONCORD_NATS_URL", args.nats_url.clone()),
+            ("CONCORD_NATS_URL", args.servers.nats_url.clone()),
             ("CONCORD_DATABASE_URL", scratch.url.clone()),
             ("CONCORD_SUBJECT_ROOT", root.clone()),
             ("CONCORD_METRICS_ADDR", "127.0.0.1:0".into()),
@@ -1102,11 +1083,22 @@ async fn measure(
     let specs = agents(args.agents, rng);
     let mut lanes = Vec::with_capacity(args.connections);
     for lane in 0..args.connections {
-        lanes.push(infra::connect(&args.nats_url, &format!("concord-bench-agents-{lane}")).await?);
+        lanes.push(
+            infra::connect(
+                &args.servers.nats_url,
+                &format!("concord-bench-agents-{lane}"),
+            )
+            .await?,
+        );
     }
     let (stop_responder, responder_stop) = oneshot::channel();
-    start_baseline_responder(args.nats_url.clone(), baseline.clone(), responder_stop).await?;
-    let observer = infra::connect(&args.nats_url, "concord-bench-events").await?;
+    start_baseline_responder(
+        args.servers.nats_url.clone(),
+        baseline.clone(),
+        responder_stop,
+    )
+    .await?;
+    let observer = infra::connect(&args.servers.nats_url, "concord-bench-events").await?;
     count_events(observer.clone(), &root, load.clone()).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -1162,7 +1154,11 @@ async fn measure(
     let measure_start = watched.sample(pg).await;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let probe_rng = Rng::new(rng.next_u64());
-    let (url, rate, probe_load) = (args.nats_url.clone(), args.discover_rate, load.clone());
+    let (url, rate, probe_load) = (
+        args.servers.nats_url.clone(),
+        args.discover_rate,
+        load.clone(),
+    );
     let discovery = on_own_thread("probe", move || async move {
         let client = infra::connect(&url, "concord-bench-probe").await?;
         let discovery = probe(
