@@ -11,6 +11,10 @@ use concord_runtime::{ServiceContext, ServiceInfo};
 use concord_testkit::{NatsServer, TestDatabase};
 use futures::StreamExt;
 
+pub mod stack;
+
+pub use stack::Stack;
+
 /// A real nats-server and a fresh database, isolated from every other test.
 pub struct World {
     pub nats: NatsServer,
@@ -29,29 +33,7 @@ impl World {
 
     /// Service arguments pointing at this world (metrics on a free port).
     pub fn args(&self) -> ServiceArgs {
-        ServiceArgs {
-            nats: NatsArgs {
-                nats_url: self.nats.url(),
-                creds: None,
-                tls_ca: None,
-                tls_cert: None,
-                tls_key: None,
-                require_tls: false,
-                connect_timeout_secs: 2,
-                subject_root: self.root.clone(),
-            },
-            database: DatabaseArgs {
-                database_url: self.db.url().to_string(),
-                max_connections: 4,
-            },
-            telemetry: TelemetryArgs {
-                log_format: LogFormat::Text,
-                log_filter: "info".into(),
-                metrics_addr: Some("127.0.0.1:0".parse().expect("valid address")),
-                otlp_endpoint: None,
-            },
-            shutdown_grace_secs: 5,
-        }
+        service_args(&self.nats.url(), self.db.url(), &self.root)
     }
 
     /// A connected context for `info`, with its own shutdown token.
@@ -63,6 +45,34 @@ impl World {
     pub async fn bus(&self, name: &str) -> anyhow::Result<Bus> {
         let config = BusConfig::new(self.nats.url(), name).with_subject_root(self.root.clone());
         Ok(concord_bus::connect(&config).await?)
+    }
+}
+
+/// Arguments of a service started in-process by a test: these servers and
+/// subject root, metrics on a free port, warnings only, 5 s grace.
+pub fn service_args(nats_url: &str, database_url: &str, root: &str) -> ServiceArgs {
+    ServiceArgs {
+        nats: NatsArgs {
+            nats_url: nats_url.to_string(),
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            connect_timeout_secs: 2,
+            subject_root: root.to_string(),
+        },
+        database: DatabaseArgs {
+            database_url: database_url.to_string(),
+            max_connections: 4,
+        },
+        telemetry: TelemetryArgs {
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            metrics_addr: Some("127.0.0.1:0".parse().expect("valid address")),
+            otlp_endpoint: None,
+        },
+        shutdown_grace_secs: 5,
     }
 }
 

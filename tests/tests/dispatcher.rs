@@ -7,131 +7,33 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use concord_bus::{Bus, Shutdown};
 use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
-use concord_dispatcher::DispatcherConfig;
 use concord_dispatcher::projection::{from_wire_value, wire_json};
-use concord_dispatcher::store::TaskStore;
 use concord_echo_agent::EchoAgent;
-use concord_sdk::{Agent, AgentConfig};
 use concord_store::DeadLetterFilter;
-use concord_tests::World;
+use concord_tests::stack::{Stack, WAIT, test_config};
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{CancelTask, ErrorCode, GetTask, TaskResult, TaskStatus};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A world with a registry, a dispatcher and a client connection.
-struct Stack {
-    world: World,
-    client: Bus,
-    js: jetstream::Context,
-    store: TaskStore,
-    stops: Vec<(Shutdown, JoinHandle<()>)>,
+/// What the tests do with the stack, as a client would.
+trait Client {
+    async fn submit(&self, body: &Value, msg_id: Option<&str>);
+    async fn results(&self, task_id: &str) -> async_nats::Subscriber;
+    async fn run(&self, body: &Value) -> Result<TaskResult, concord_bus::ServiceError>;
+    async fn get(&self, task_id: &str) -> TaskResult;
+    async fn final_state(&self, task_id: &str) -> TaskResult;
 }
 
-fn test_config() -> DispatcherConfig {
-    let defaults = DispatcherConfig::default();
-    DispatcherConfig {
-        no_agent_wait: Duration::from_millis(500),
-        backoff: concord_dispatcher::backoff::BackoffPolicy {
-            base: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-            ..defaults.backoff
-        },
-        ..defaults
-    }
-}
-
-impl Stack {
-    async fn start(config: DispatcherConfig) -> Stack {
-        let world = World::start().await.unwrap();
-        let mut stops = Vec::new();
-        let context = world.context(&concord_registry::INFO).await.unwrap();
-        let shutdown = context.shutdown.clone();
-        let registry = concord_registry::build(context).await.unwrap();
-        stops.push((
-            shutdown,
-            tokio::spawn(async move { registry.run_until_stopped().await.unwrap() }),
-        ));
-        let context = world.context(&concord_dispatcher::INFO).await.unwrap();
-        let pool = context.pool.clone();
-        let shutdown = context.shutdown.clone();
-        let dispatcher = concord_dispatcher::build_with(context, config)
-            .await
-            .unwrap();
-        stops.push((
-            shutdown,
-            tokio::spawn(async move { dispatcher.run_until_stopped().await.unwrap() }),
-        ));
-        let client = world.bus("test-client").await.unwrap();
-        let js = jetstream::new(client.client.clone());
-        Stack {
-            world,
-            client,
-            js,
-            store: TaskStore::new(pool),
-            stops,
-        }
-    }
-
-    /// Runs an SDK agent in-process until the stack stops.
-    async fn agent<A: Agent>(&mut self, id: &str, agent: A, max_concurrency: u32) {
-        let config = AgentConfig::new(
-            id,
-            concord_bus::BusConfig::new(self.world.nats.url(), id)
-                .with_subject_root(self.world.root.clone()),
-        )
-        .with_id(id)
-        .with_max_concurrency(max_concurrency)
-        .with_heartbeat_interval(Duration::from_millis(200));
-        let shutdown = Shutdown::new();
-        let handle = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                let _ = concord_sdk::run(agent, config, shutdown).await;
-            }
-        });
-        self.stops.insert(0, (shutdown, handle));
-        self.wait_for_agent(id).await;
-    }
-
-    /// Waits until the agent is in the published directory.
-    async fn wait_for_agent(&self, id: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let request = concord_wire::v1::GetAgent { id: id.into() };
-        loop {
-            let reply: Result<concord_wire::v1::AgentRecord, _> = self
-                .client
-                .request(
-                    self.client.subjects.endpoint("registry", "get"),
-                    &request,
-                    WAIT,
-                )
-                .await;
-            if reply.is_ok() {
-                // The dispatcher's copy follows the bucket within milliseconds.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "agent {id} never registered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
+impl Client for Stack {
     /// Publishes a submission into the intake stream (like `nats pub`).
     async fn submit(&self, body: &Value, msg_id: Option<&str>) {
         let mut headers = HeaderMap::new();
         if let Some(id) = msg_id {
             headers.insert("Nats-Msg-Id", id);
         }
-        self.js
+        jetstream::new(self.client.client.clone())
             .publish_with_headers(
                 self.client.subjects.tasks_submit(),
                 headers,
@@ -200,13 +102,6 @@ impl Stack {
                 "task {task_id} never finished"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    async fn stop(self) {
-        for (shutdown, handle) in self.stops {
-            shutdown.trigger();
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
     }
 }
@@ -296,8 +191,7 @@ async fn invalid_submissions_are_dead_lettered_with_their_bytes() {
         br#"{"capability": 5}"#,
         br#"{"capability":"echo","priority":"URGENT"}"#,
     ] {
-        stack
-            .js
+        jetstream::new(stack.client.client.clone())
             .publish(stack.client.subjects.tasks_submit(), body.to_vec().into())
             .await
             .unwrap()
@@ -637,8 +531,7 @@ async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
     let mut headers = HeaderMap::new();
     headers.insert("traceparent", traceparent);
     let mut results = stack.results("t-raw").await;
-    stack
-        .js
+    jetstream::new(stack.client.client.clone())
         .publish_with_headers(
             subjects.tasks_submit(),
             headers,

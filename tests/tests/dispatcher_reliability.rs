@@ -13,7 +13,6 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use concord_bus::Shutdown;
 use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
-use concord_config::{DatabaseArgs, LogFormat, NatsArgs, ServiceArgs, TelemetryArgs};
 use concord_runtime::ServiceContext;
 use concord_sdk::AgentConfig;
 use concord_testkit::{NatsServer, PostgresServer, ServiceProcess, service_binary};
@@ -22,32 +21,6 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 const TASKS: usize = 10_000;
-
-fn service_args(nats_url: &str, database_url: &str, root: &str) -> ServiceArgs {
-    ServiceArgs {
-        nats: NatsArgs {
-            nats_url: nats_url.to_string(),
-            creds: None,
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
-            require_tls: false,
-            connect_timeout_secs: 2,
-            subject_root: root.to_string(),
-        },
-        database: DatabaseArgs {
-            database_url: database_url.to_string(),
-            max_connections: 4,
-        },
-        telemetry: TelemetryArgs {
-            log_format: LogFormat::Text,
-            log_filter: "warn".into(),
-            metrics_addr: Some("127.0.0.1:0".parse().expect("valid address")),
-            otlp_endpoint: None,
-        },
-        shutdown_grace_secs: 5,
-    }
-}
 
 /// The dispatcher binary with test-friendly timings: a short ack wait so a
 /// killed replica's submissions come back quickly.
@@ -170,7 +143,7 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
     let db_url = pg.url();
 
     // Registry in-process; agents in-process plus one crashing agent process.
-    let args = service_args(&nats_url, &db_url, &root);
+    let args = concord_tests::service_args(&nats_url, &db_url, &root);
     let context = ServiceContext::connect(&concord_registry::INFO, &args, Shutdown::new())
         .await
         .unwrap();

@@ -6,34 +6,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use concord_bus::Shutdown;
-use concord_config::{DatabaseArgs, LogFormat, NatsArgs, ServiceArgs, TelemetryArgs};
+use concord_config::ServiceArgs;
 use concord_testkit::{NatsServer, TestDatabase};
 use concord_wire::v1::{Capability, RegisterAgent, RegisterAgentReply};
 
 fn args(nats: &NatsServer, db: &TestDatabase) -> ServiceArgs {
-    ServiceArgs {
-        nats: NatsArgs {
-            nats_url: nats.url(),
-            creds: None,
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
-            require_tls: false,
-            connect_timeout_secs: 2,
-            subject_root: "concord".into(),
-        },
-        database: DatabaseArgs {
-            database_url: db.url().to_string(),
-            max_connections: 4,
-        },
-        telemetry: TelemetryArgs {
-            log_format: LogFormat::Text,
-            log_filter: "warn".into(),
-            metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-            otlp_endpoint: None,
-        },
-        shutdown_grace_secs: 5,
-    }
+    concord_tests::service_args(&nats.url(), db.url(), "concord")
 }
 
 fn concord(nats: &NatsServer, args: &[&str]) -> std::process::Output {

@@ -5,161 +5,32 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use concord_bus::{Bus, BusConfig, Shutdown};
 use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
-use concord_config::{DatabaseArgs, LogFormat, NatsArgs, ServiceArgs, TelemetryArgs};
-use concord_dispatcher::DispatcherConfig;
-use concord_dispatcher::store::TaskStore;
 use concord_echo_agent::EchoAgent;
-use concord_sdk::{Agent, AgentConfig};
 use concord_store::{DeadLetterFilter, DeadLetterStore};
-use concord_testkit::{NatsServer, TestDatabase};
+use concord_tests::stack::{Stack, test_config};
 use concord_wire::v1::TaskStatus;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn service_args(nats: &NatsServer, db: &TestDatabase) -> ServiceArgs {
-    ServiceArgs {
-        nats: NatsArgs {
-            nats_url: nats.url(),
-            creds: None,
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
-            require_tls: false,
-            connect_timeout_secs: 2,
-            subject_root: "concord".into(),
-        },
-        database: DatabaseArgs {
-            database_url: db.url().to_string(),
-            max_connections: 4,
-        },
-        telemetry: TelemetryArgs {
-            log_format: LogFormat::Text,
-            log_filter: "warn".into(),
-            metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-            otlp_endpoint: None,
-        },
-        shutdown_grace_secs: 2,
-    }
+/// How `concord` is run against the stack, and what the tests read back.
+trait Cli {
+    fn command(&self, args: &[&str]) -> tokio::process::Command;
+    async fn concord(&self, args: &[&str]) -> Output;
+    async fn ok(&self, args: &[&str]) -> String;
+    async fn get(&self, id: &str) -> Value;
+    async fn wait_for(&self, id: &str, status: TaskStatus);
 }
 
-/// A registry and a dispatcher (no-agent wait shortened) on their own
-/// nats-server and database.
-struct Stack {
-    nats: NatsServer,
-    db: TestDatabase,
-    client: Bus,
-    store: TaskStore,
-    stops: Vec<(Shutdown, JoinHandle<()>)>,
-}
-
-impl Stack {
-    async fn start() -> Stack {
-        let nats = NatsServer::start().await.unwrap();
-        let db = TestDatabase::create().await.unwrap();
-        let args = service_args(&nats, &db);
-        let mut stops = Vec::new();
-
-        let context = concord_runtime::ServiceContext::connect(
-            &concord_registry::INFO,
-            &args,
-            Shutdown::new(),
-        )
-        .await
-        .unwrap();
-        let shutdown = context.shutdown.clone();
-        let registry = concord_registry::build(context).await.unwrap();
-        stops.push((
-            shutdown,
-            tokio::spawn(async move { registry.run_until_stopped().await.unwrap() }),
-        ));
-
-        let context = concord_runtime::ServiceContext::connect(
-            &concord_dispatcher::INFO,
-            &args,
-            Shutdown::new(),
-        )
-        .await
-        .unwrap();
-        let shutdown = context.shutdown.clone();
-        let store = TaskStore::new(context.pool.clone());
-        let defaults = DispatcherConfig::default();
-        let config = DispatcherConfig {
-            no_agent_wait: Duration::from_millis(500),
-            backoff: concord_dispatcher::backoff::BackoffPolicy {
-                base: Duration::from_millis(20),
-                max: Duration::from_millis(100),
-                ..defaults.backoff
-            },
-            ..defaults
-        };
-        let dispatcher = concord_dispatcher::build_with(context, config)
-            .await
-            .unwrap();
-        stops.push((
-            shutdown,
-            tokio::spawn(async move { dispatcher.run_until_stopped().await.unwrap() }),
-        ));
-        let client = concord_bus::connect(&BusConfig::new(nats.url(), "cli-test"))
-            .await
-            .unwrap();
-        Stack {
-            nats,
-            db,
-            client,
-            store,
-            stops,
-        }
-    }
-
-    /// Runs an SDK agent in-process until the stack stops; returns once the
-    /// registry lists it.
-    async fn agent<A: Agent>(&mut self, id: &str, agent: A, max_concurrency: u32) {
-        let config = AgentConfig::new(id, BusConfig::new(self.nats.url(), id))
-            .with_id(id)
-            .with_max_concurrency(max_concurrency)
-            .with_heartbeat_interval(Duration::from_millis(200));
-        let shutdown = Shutdown::new();
-        let handle = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                let _ = concord_sdk::run(agent, config, shutdown).await;
-            }
-        });
-        self.stops.insert(0, (shutdown, handle));
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let found: Result<concord_wire::v1::AgentRecord, _> = self
-                .client
-                .request(
-                    self.client.subjects.endpoint("registry", "get"),
-                    &concord_wire::v1::GetAgent { id: id.into() },
-                    WAIT,
-                )
-                .await;
-            if found.is_ok() {
-                // The dispatcher's copy of the directory follows within milliseconds.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "agent {id} never registered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
+impl Cli for Stack {
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"));
         command
-            .env("CONCORD_NATS_URL", self.nats.url())
-            .env("CONCORD_DATABASE_URL", self.db.url())
-            .env("CONCORD_SUBJECT_ROOT", "concord")
+            .env("CONCORD_NATS_URL", self.world.nats.url())
+            .env("CONCORD_DATABASE_URL", self.world.db.url())
+            .env("CONCORD_SUBJECT_ROOT", &self.world.root)
             .args(args)
             .kill_on_drop(true);
         command
@@ -205,13 +76,6 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-
-    async fn stop(self) {
-        for (shutdown, handle) in self.stops {
-            shutdown.trigger();
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
-        }
-    }
 }
 
 fn history_types(result: &Value) -> Vec<String> {
@@ -228,7 +92,7 @@ fn history_types(result: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_prints_the_id_and_task_get_and_watch_follow_the_task() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start(test_config()).await;
     stack.agent("echo-1", EchoAgent, 4).await;
 
     // Watch a task before it exists: its events, then its result, then exit.
@@ -280,11 +144,11 @@ async fn submit_prints_the_id_and_task_get_and_watch_follow_the_task() {
         })
         .collect();
     assert!(
-        subjects.contains(&"concord.events.task.submitted"),
+        subjects.contains(&format!("{}.events.task.submitted", stack.world.root).as_str()),
         "{lines}"
     );
     assert!(
-        subjects.contains(&"concord.tasks.result.t-watched"),
+        subjects.contains(&format!("{}.tasks.result.t-watched", stack.world.root).as_str()),
         "{lines}"
     );
 
@@ -317,7 +181,7 @@ async fn submit_prints_the_id_and_task_get_and_watch_follow_the_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_wait_prints_the_result_or_the_error() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start(test_config()).await;
     stack.agent("echo-w", EchoAgent, 4).await;
     let out = stack
         .ok(&[
@@ -370,7 +234,7 @@ async fn submit_wait_prints_the_result_or_the_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_get_of_an_unknown_id_fails_with_not_found() {
-    let stack = Stack::start().await;
+    let stack = Stack::start(test_config()).await;
     let output = stack.concord(&["task", "get", "t-nope"]).await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -388,7 +252,7 @@ async fn task_get_of_an_unknown_id_fails_with_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_cancel_stops_a_long_running_task() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start(test_config()).await;
     let slow = ChaosAgent::new(ChaosConfig {
         capability: "long".into(),
         latency: Latency::Fixed(Duration::from_secs(60)),
@@ -428,7 +292,7 @@ async fn task_cancel_stops_a_long_running_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_replay_project_tasks_verifies_and_rebuilds_the_projection() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start(test_config()).await;
     stack.agent("echo-p", EchoAgent, 4).await;
     for i in 0..3 {
         let id = format!("t-proj-{i}");
@@ -461,11 +325,11 @@ async fn events_replay_project_tasks_verifies_and_rebuilds_the_projection() {
 
     // A lost row and a changed one: verify names them and fails.
     sqlx::query("delete from tasks where task_id = 't-proj-1'")
-        .execute(stack.db.pool())
+        .execute(stack.world.db.pool())
         .await
         .unwrap();
     sqlx::query("update tasks set attempts = 7 where task_id = 't-proj-2'")
-        .execute(stack.db.pool())
+        .execute(stack.world.db.pool())
         .await
         .unwrap();
     let differs = stack
@@ -505,7 +369,7 @@ async fn events_replay_project_tasks_verifies_and_rebuilds_the_projection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_replay_reopens_a_dead_lettered_task() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start(test_config()).await;
     // No echo agent yet: both tasks are dead-lettered after the no-agent wait.
     stack
         .ok(&[
@@ -535,7 +399,7 @@ async fn dlq_replay_reopens_a_dead_lettered_task() {
         .unwrap();
     stack.wait_for("t-dead", TaskStatus::DeadLettered).await;
     stack.wait_for("m-dead", TaskStatus::DeadLettered).await;
-    let letters = DeadLetterStore::new(stack.db.pool().clone())
+    let letters = DeadLetterStore::new(stack.world.db.pool().clone())
         .list(&DeadLetterFilter::default())
         .await
         .unwrap();
@@ -574,7 +438,7 @@ async fn dlq_replay_reopens_a_dead_lettered_task() {
             "{result}"
         );
     }
-    let replayed = DeadLetterStore::new(stack.db.pool().clone())
+    let replayed = DeadLetterStore::new(stack.world.db.pool().clone())
         .list(&DeadLetterFilter::default())
         .await
         .unwrap();

@@ -1,0 +1,126 @@
+//! A registry and a dispatcher in-process on a [`World`], plus SDK agents:
+//! what the dispatcher's end-to-end tests and the CLI's task tests share.
+
+use std::time::Duration;
+
+use concord_bus::{Bus, BusConfig, Shutdown};
+use concord_dispatcher::DispatcherConfig;
+use concord_dispatcher::backoff::BackoffPolicy;
+use concord_dispatcher::store::TaskStore;
+use concord_sdk::{Agent, AgentConfig};
+use tokio::task::JoinHandle;
+
+use crate::World;
+
+/// How long the helpers wait for something to happen.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Dispatcher settings for tests: a short wait for agents, quick retries.
+pub fn test_config() -> DispatcherConfig {
+    let defaults = DispatcherConfig::default();
+    DispatcherConfig {
+        no_agent_wait: Duration::from_millis(500),
+        backoff: BackoffPolicy {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+            ..defaults.backoff
+        },
+        ..defaults
+    }
+}
+
+/// A world with a registry, a dispatcher, a client connection and the
+/// dispatcher's task store; agents added with [`Stack::agent`].
+pub struct Stack {
+    pub world: World,
+    pub client: Bus,
+    pub store: TaskStore,
+    stops: Vec<(Shutdown, JoinHandle<()>)>,
+}
+
+impl Stack {
+    /// Starts the registry and a dispatcher with `config`.
+    pub async fn start(config: DispatcherConfig) -> Stack {
+        let world = World::start().await.unwrap();
+        let mut stops = Vec::new();
+        let context = world.context(&concord_registry::INFO).await.unwrap();
+        let shutdown = context.shutdown.clone();
+        let registry = concord_registry::build(context).await.unwrap();
+        stops.push((
+            shutdown,
+            tokio::spawn(async move { registry.run_until_stopped().await.unwrap() }),
+        ));
+        let context = world.context(&concord_dispatcher::INFO).await.unwrap();
+        let store = TaskStore::new(context.pool.clone());
+        let shutdown = context.shutdown.clone();
+        let dispatcher = concord_dispatcher::build_with(context, config)
+            .await
+            .unwrap();
+        stops.push((
+            shutdown,
+            tokio::spawn(async move { dispatcher.run_until_stopped().await.unwrap() }),
+        ));
+        let client = world.bus("test-client").await.unwrap();
+        Stack {
+            world,
+            client,
+            store,
+            stops,
+        }
+    }
+
+    /// Runs an SDK agent in-process until the stack stops; returns once the
+    /// registry lists it.
+    pub async fn agent<A: Agent>(&mut self, id: &str, agent: A, max_concurrency: u32) {
+        let config = AgentConfig::new(
+            id,
+            BusConfig::new(self.world.nats.url(), id).with_subject_root(self.world.root.clone()),
+        )
+        .with_id(id)
+        .with_max_concurrency(max_concurrency)
+        .with_heartbeat_interval(Duration::from_millis(200));
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let _ = concord_sdk::run(agent, config, shutdown).await;
+            }
+        });
+        self.stops.insert(0, (shutdown, handle));
+        self.wait_for_agent(id).await;
+    }
+
+    /// Waits until the registry lists the agent (the dispatcher's copy of
+    /// the directory follows within milliseconds).
+    pub async fn wait_for_agent(&self, id: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let request = concord_wire::v1::GetAgent { id: id.into() };
+        loop {
+            let reply: Result<concord_wire::v1::AgentRecord, _> = self
+                .client
+                .request(
+                    self.client.subjects.endpoint("registry", "get"),
+                    &request,
+                    WAIT,
+                )
+                .await;
+            if reply.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent {id} never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops agents first, then the dispatcher and the registry.
+    pub async fn stop(self) {
+        for (shutdown, handle) in self.stops {
+            shutdown.trigger();
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+    }
+}
