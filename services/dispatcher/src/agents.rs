@@ -75,8 +75,7 @@ impl Loads {
 
     /// The candidate for `agent`: heartbeat capacity and health when one was
     /// seen, in-flight = own attempts + others' from the heartbeat.
-    pub fn candidate<'a>(
-        &self,
+    fn candidate<'a>(
         agent: &'a AgentRecord,
         inner: &HashMap<String, Load>,
         own: &HashMap<String, u32>,
@@ -105,7 +104,7 @@ impl Loads {
         let own = self.own.lock().expect("loads lock");
         let candidates: Vec<Candidate<'_>> = select(&directory)
             .into_iter()
-            .map(|agent| self.candidate(agent, &inner, &own))
+            .map(|agent| Self::candidate(agent, &inner, &own))
             .collect();
         drop(own);
         drop(inner);
@@ -167,7 +166,7 @@ mod tests {
         let record = agent("a", 16);
         let inner = loads.inner.lock().unwrap().clone();
         let own = loads.own.lock().unwrap().clone();
-        let candidate = loads.candidate(&record, &inner, &own);
+        let candidate = Loads::candidate(&record, &inner, &own);
         assert_eq!(candidate.in_flight, 1 + 3);
         assert_eq!(candidate.capacity, 8, "the heartbeat's capacity wins");
         assert_eq!(loads.own("a"), 1);
@@ -175,9 +174,8 @@ mod tests {
 
     #[test]
     fn without_a_heartbeat_the_record_decides() {
-        let loads = Loads::default();
         let record = agent("b", 4);
-        let candidate = loads.candidate(&record, &HashMap::new(), &HashMap::new());
+        let candidate = Loads::candidate(&record, &HashMap::new(), &HashMap::new());
         assert_eq!(candidate.in_flight, 0);
         assert_eq!(candidate.capacity, 4);
     }

@@ -125,7 +125,7 @@ impl Endpoints {
     /// `tasks.get`.
     pub async fn get(&self, request: Request) -> Result<Reply, ServiceError> {
         let query: GetTask = request.decode()?;
-        check_id(&query.task_id)?;
+        check_id(&query.task_id, &self.config.limits)?;
         let view = self
             .store
             .get(&query.task_id)
@@ -148,7 +148,7 @@ impl Endpoints {
     /// `tasks.cancel`.
     pub async fn cancel(&self, request: Request) -> Result<Reply, ServiceError> {
         let cancel: CancelTask = request.decode()?;
-        check_id(&cancel.task_id)?;
+        check_id(&cancel.task_id, &self.config.limits)?;
         let payload = codec::encode(ContentType::Json, &cancel)
             .map_err(|e| ServiceError::internal(e.to_string()))?;
         let subject = holder_cancel_subject(&self.bus, &cancel.task_id);
@@ -351,17 +351,10 @@ fn final_reply(request: &Request, result: TaskResult) -> Result<Reply, ServiceEr
     }
 }
 
-fn check_id(task_id: &str) -> Result<(), ServiceError> {
-    if task_id.is_empty() {
-        return Err(ServiceError::invalid("taskId", "required"));
-    }
-    if !concord_bus::validate::is_token(task_id) || task_id.len() > 128 {
-        return Err(ServiceError::invalid(
-            "taskId",
-            format!("{task_id:?} is not a valid task id"),
-        ));
-    }
-    Ok(())
+/// A task id as `tasks.get` and `tasks.cancel` accept it: what a submission
+/// may use as its id.
+fn check_id(task_id: &str, limits: &crate::task_spec::TaskLimits) -> Result<(), ServiceError> {
+    concord_bus::validate::check_token("taskId", task_id, limits.max_id_chars)
 }
 
 fn not_found(task_id: &str) -> ServiceError {
@@ -397,8 +390,9 @@ mod tests {
 
     #[test]
     fn task_ids_are_checked() {
-        assert!(check_id("").is_err());
-        assert!(check_id("a b").is_err());
-        assert!(check_id("t-1").is_ok());
+        let limits = crate::task_spec::TaskLimits::default();
+        assert!(check_id("", &limits).is_err());
+        assert!(check_id("a b", &limits).is_err());
+        assert!(check_id("t-1", &limits).is_ok());
     }
 }
