@@ -138,6 +138,8 @@ struct Held {
     extended_at: Instant,
     waiters: Vec<oneshot::Sender<Option<TaskResult>>>,
     received: Instant,
+    /// When the current stage began (for the stage histograms).
+    stage_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -181,6 +183,10 @@ pub struct Engine {
         mpsc::UnboundedSender<intake::Looked>,
         mpsc::UnboundedReceiver<intake::Looked>,
     ),
+    /// Submissions waiting for the next lookup, in arrival order.
+    awaiting_lookup: Vec<Intake>,
+    /// A lookup is under way.
+    lookup_running: bool,
     started: Instant,
     rng: u64,
 }
@@ -217,6 +223,8 @@ impl Engine {
             timers: BinaryHeap::new(),
             deferred: VecDeque::new(),
             looked: mpsc::unbounded_channel(),
+            awaiting_lookup: Vec::new(),
+            lookup_running: false,
             started: Instant::now(),
             rng: seed | 1,
         })

@@ -10,14 +10,14 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use concord_store::{EventColumns, EventStore, NewEvent, ReplayFilter, StoreError};
+use concord_store::{
+    DirectConnections, EventColumns, EventStore, NewEvent, ReplayFilter, StoreError,
+};
 use concord_wire::v1::{TaskResult, TaskStatus};
 use sqlx::PgPool;
 use sqlx::types::Json;
 
-use crate::projection::{
-    AGGREGATE, TaskEvent, TaskView, from_wire_json, from_wire_value, wire_json,
-};
+use crate::projection::{AGGREGATE, TaskEvent, TaskView, from_wire_json, from_wire_value};
 
 /// One task's change: its new row and the events that lead to it.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ pub struct TaskWrite {
 const UPSERT: &str = "\
 with input as (
     select * from unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::int4[],
-                         $7::text[], $8::jsonb[], $9::jsonb[], $10::int8[], $11::timestamptz[],
+                         $7::text[], $8::text[]::jsonb[], $9::text[]::jsonb[], $10::int8[], $11::timestamptz[],
                          $12::timestamptz[], $13::timestamptz[], $14::int8[])
         as i(task_id, capability, status, priority, correlation_id, attempts, agent_id, spec,
              result, last_sequence, submitted_at, updated_at, completed_at, expected)
@@ -128,12 +128,16 @@ impl Row {
 pub struct TaskStore {
     pool: PgPool,
     events: EventStore,
+    /// Connections for the hot path (lookups and batch commits): one round
+    /// trip per statement, none of the pool's pings.
+    direct: DirectConnections,
 }
 
 impl TaskStore {
     pub fn new(pool: PgPool) -> Self {
         Self {
             events: EventStore::new(pool.clone()),
+            direct: DirectConnections::of(&pool, 4),
             pool,
         }
     }
@@ -148,10 +152,12 @@ impl TaskStore {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
+        let mut conn = self.direct.take().await?;
         let rows: Vec<Row> = sqlx::query_as(LOOKUP)
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
+        conn.release();
         rows.into_iter()
             .map(|row| row.into_view().map(|view| (view.task_id.clone(), view)))
             .collect()
@@ -174,7 +180,8 @@ impl TaskStore {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let stored: HashSet<String> = upsert(&self.pool, writes).await?.into_iter().collect();
+        let mut conn = self.direct.take().await?;
+        let stored: HashSet<String> = upsert(&mut *conn, writes).await?.into_iter().collect();
         let mut owned: Vec<bool> = writes
             .iter()
             .map(|w| stored.contains(&w.view.task_id))
@@ -191,7 +198,7 @@ impl TaskStore {
         if !unknown.is_empty() {
             let present: HashSet<uuid::Uuid> = sqlx::query_scalar(EXISTING_EVENTS)
                 .bind(&unknown)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await?
                 .into_iter()
                 .collect();
@@ -206,6 +213,7 @@ impl TaskStore {
                 }
             }
         }
+        conn.release();
         Ok(owned)
     }
 
@@ -280,8 +288,9 @@ struct Columns<'a> {
     correlations: Vec<&'a str>,
     attempts: Vec<i32>,
     agents: Vec<&'a str>,
-    specs: Vec<Json<serde_json::Value>>,
-    results: Vec<Json<serde_json::Value>>,
+    /// Canonical JSON text (cast to jsonb by the statement).
+    specs: Vec<String>,
+    results: Vec<String>,
     sequences: Vec<i64>,
     submitted: Vec<DateTime<Utc>>,
     updated: Vec<DateTime<Utc>>,
@@ -316,12 +325,12 @@ impl<'a> Columns<'a> {
             columns.correlations.push(&view.task.correlation_id);
             columns.attempts.push(view.attempts as i32);
             columns.agents.push(&view.agent_id);
-            columns.specs.push(Json(if expected == 0 {
-                wire_json(&view.task)
+            columns.specs.push(if expected == 0 {
+                wire_text(&view.task)
             } else {
-                serde_json::Value::Null
-            }));
-            columns.results.push(Json(wire_json(&view.result())));
+                "null".to_string()
+            });
+            columns.results.push(wire_text(&view.result()));
             columns.sequences.push(view.last_sequence);
             columns.submitted.push(view.submitted_at);
             columns.updated.push(view.updated_at);
@@ -329,6 +338,13 @@ impl<'a> Columns<'a> {
         }
         columns
     }
+}
+
+/// A wire message's canonical JSON as text.
+fn wire_text<M: concord_wire::codec::WireMessage>(message: &M) -> String {
+    let bytes = concord_wire::codec::encode(concord_wire::codec::ContentType::Json, message)
+        .expect("wire messages encode as JSON");
+    String::from_utf8(bytes).expect("the codec writes UTF-8 JSON")
 }
 
 /// Rows and owned events of a batch in one statement; returns the owned task ids.

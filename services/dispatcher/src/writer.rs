@@ -39,11 +39,13 @@ pub struct Written {
 }
 
 /// Writer metrics.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct WriterMetrics {
     pub batches: Counter,
     pub retries: Counter,
     pub batch_size: Option<Histogram>,
+    /// Time to store one batch (all tries).
+    pub duration: Histogram,
 }
 
 impl WriterMetrics {
@@ -52,7 +54,13 @@ impl WriterMetrics {
             batches: Counter::default(),
             retries: Counter::default(),
             batch_size: Some(Histogram::new(exponential_buckets(1.0, 2.0, 11))),
+            duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
         };
+        registry.register(
+            "dispatcher_write_duration_seconds",
+            "Time to store one batch of task writes (retries included)",
+            metrics.duration.clone(),
+        );
         registry.register(
             "dispatcher_write_batches",
             "Transactions committed by the dispatcher's task writer",
@@ -109,7 +117,9 @@ pub async fn run(
                 }
                 let (store, dead_letters, stop, metrics) = (&store, &dead_letters, &stop, &metrics);
                 lanes.push(async move {
+                    let started = std::time::Instant::now();
                     let outcome = write_with_retry(store, dead_letters, &batch, stop, metrics).await;
+                    metrics.duration.observe(started.elapsed().as_secs_f64());
                     (batch, outcome)
                 });
             }

@@ -214,7 +214,7 @@ async fn publish(bus: &Bus, events: &[NewEvent]) {
         let subject = bus
             .subjects
             .event(&event.aggregate_type, event_suffix(event));
-        let payload = serde_json::to_vec(&event_json(event)).expect("JSON values always serialize");
+        let payload = event_json_bytes(event);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             concord_bus::headers::CONTENT_TYPE,
@@ -238,6 +238,40 @@ fn event_suffix(event: &NewEvent) -> &str {
         .rsplit('.')
         .next()
         .unwrap_or(&event.event_type)
+}
+
+/// [`event_json`] serialized, written straight from the event (no
+/// intermediate value, no copy of its data).
+pub fn event_json_bytes(event: &NewEvent) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire<'a> {
+        id: uuid::fmt::Hyphenated,
+        aggregate_type: &'a str,
+        aggregate_id: &'a str,
+        sequence: String,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        data: &'a serde_json::Value,
+        time: String,
+        source: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trace_id: Option<&'a str>,
+    }
+    let wire = Wire {
+        id: event.event_id.hyphenated(),
+        aggregate_type: &event.aggregate_type,
+        aggregate_id: &event.aggregate_id,
+        sequence: event.sequence.max(0).to_string(),
+        event_type: &event.event_type,
+        data: &event.data,
+        time: event
+            .occurred_at
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        source: &event.source,
+        trace_id: event.trace_id.as_deref(),
+    };
+    serde_json::to_vec(&wire).expect("events always serialize")
 }
 
 /// The canonical JSON of the wire `Event` message for a stored event.
@@ -266,6 +300,26 @@ mod tests {
     use super::*;
     use concord_wire::codec;
     use concord_wire::v1::Event;
+
+    #[test]
+    fn bytes_are_the_json_value() {
+        for trace_id in [None, Some("0af7651916cd43dd8448eb211c80319c".to_string())] {
+            let event = NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                aggregate_type: "task".into(),
+                aggregate_id: "t\"1".into(),
+                sequence: 7,
+                event_type: "task.completed".into(),
+                data: serde_json::json!({"output": {"n": 1, "s": "é"}, "attempt": 2}),
+                trace_id,
+                source: "concord-dispatcher".into(),
+                occurred_at: chrono::Utc::now(),
+            };
+            let parsed: serde_json::Value =
+                serde_json::from_slice(&event_json_bytes(&event)).unwrap();
+            assert_eq!(parsed, event_json(&event));
+        }
+    }
 
     #[test]
     fn suffix_is_the_last_token_of_the_type() {

@@ -16,6 +16,7 @@
 //! ```
 
 mod dead_letters;
+mod direct;
 mod error;
 mod events;
 mod pool;
@@ -23,9 +24,10 @@ mod pool;
 pub use dead_letters::{
     DeadLetter, DeadLetterCursor, DeadLetterFilter, DeadLetterStore, NewDeadLetter, PurgeFilter,
 };
+pub use direct::{DirectConnections, Taken};
 pub use error::StoreError;
 pub use events::{AppendOutcome, EventColumns, EventStore, NewEvent, ReplayFilter, StoredEvent};
 pub use pool::{DEFAULT_CONNECT_TIMEOUT, connect, connect_with_timeout, migrate};
 
 /// Re-exported so callers can name pool and transaction types without their own sqlx import.
-pub use sqlx::{PgPool, Postgres, Transaction};
+pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};

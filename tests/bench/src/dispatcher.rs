@@ -19,6 +19,7 @@
 //! started with `CONCORD_HEARTBEAT_INTERVAL=60`), so no heartbeat traffic
 //! runs during the measurement.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -57,6 +58,10 @@ pub struct DispatcherArgs {
     /// Tasks of the backlog measurement (0: skip it).
     #[arg(long, default_value_t = 100_000)]
     pub backlog: usize,
+    /// Configurations to run: `a` (10 agents: fixed rates, saturation),
+    /// `c` (many agents), `b` (100 agent connections).
+    #[arg(long, value_delimiter = ',', default_value = "a,c,b")]
+    pub configurations: Vec<String>,
     /// Skip the raw baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -83,6 +88,49 @@ pub struct Configuration {
     pub dispatcher_rss_mib_after: f64,
     /// Task-writer transactions per completed task in this configuration.
     pub commits_per_task: f64,
+    /// Per phase, the dispatcher's mean time per stage, ms
+    /// (`dispatcher_task_stage_seconds`: intake, agent, commit).
+    pub stage_means_ms: Vec<BTreeMap<String, f64>>,
+}
+
+/// The stages of `concord_dispatcher_task_stage_seconds`.
+const STAGES: [&str; 3] = ["intake", "agent", "commit"];
+
+/// Histograms whose means the bench reports per phase: the three stages, then one write.
+const WRITE_SERIES: &str = "concord_dispatcher_write_duration_seconds";
+
+/// Sum and count of every stage histogram, now.
+async fn stage_totals(port: u16) -> Vec<(f64, f64)> {
+    let mut totals = Vec::new();
+    for stage in STAGES {
+        let series = |part: &str| {
+            format!("concord_dispatcher_task_stage_seconds_{part}{{stage=\"{stage}\"}}")
+        };
+        let sum = metric(port, &series("sum")).await.unwrap_or(0.0);
+        let count = metric(port, &series("count")).await.unwrap_or(0.0);
+        totals.push((sum, count));
+    }
+    let sum = metric(port, &format!("{WRITE_SERIES}_sum"))
+        .await
+        .unwrap_or(0.0);
+    let count = metric(port, &format!("{WRITE_SERIES}_count"))
+        .await
+        .unwrap_or(0.0);
+    totals.push((sum, count));
+    totals
+}
+
+/// Mean ms per stage between two [`stage_totals`].
+fn stage_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> BTreeMap<String, f64> {
+    STAGES
+        .iter()
+        .chain(&["one write"])
+        .zip(before.iter().zip(after))
+        .filter_map(|(stage, ((sum0, count0), (sum1, count1)))| {
+            let count = count1 - count0;
+            (count > 0.0).then(|| (stage.to_string(), (sum1 - sum0) / count * 1e3))
+        })
+        .collect()
 }
 
 /// The result of `concord-bench dispatcher`.
@@ -255,13 +303,16 @@ async fn measure(
     };
     let warmup = Duration::from_secs(args.warmup);
     let saturation = || {
-        PhaseSpec::saturation(
-            "saturation",
-            args.saturation_in_flight,
-            warmup,
-            Duration::from_secs(args.saturation_seconds),
-        )
+        (args.saturation_seconds > 0).then(|| {
+            PhaseSpec::saturation(
+                "saturation",
+                args.saturation_in_flight,
+                warmup,
+                Duration::from_secs(args.saturation_seconds),
+            )
+        })
     };
+    let wanted = |name: &str| args.configurations.iter().any(|c| c == name);
     let mut configurations = Vec::new();
 
     // a: 10 agents on one connection, fixed rates then saturation.
@@ -278,59 +329,65 @@ async fn measure(
             )
         })
         .collect();
-    specs.push(saturation());
-    let responders = agents(args, root, "a", 10, Layout::Shared).await?;
-    configurations.push(
-        configuration(
-            args,
-            root,
-            "a",
-            "10 agents, one connection",
-            10,
-            specs,
-            metrics_port,
-            dispatcher_pid,
-            &cpu_groups,
-        )
-        .await?,
-    );
-    drop(responders);
+    specs.extend(saturation());
+    if wanted("a") && !specs.is_empty() {
+        let responders = agents(args, root, "a", 10, Layout::Shared).await?;
+        configurations.push(
+            configuration(
+                args,
+                root,
+                "a",
+                "10 agents, one connection",
+                10,
+                specs,
+                metrics_port,
+                dispatcher_pid,
+                &cpu_groups,
+            )
+            .await?,
+        );
+        drop(responders);
+    }
 
     // c: 10,000 registered agents.
-    let responders = agents(args, root, "c", args.many_agents, Layout::Shared).await?;
-    configurations.push(
-        configuration(
-            args,
-            root,
-            "c",
-            &format!("{} agents, one connection", args.many_agents),
-            args.many_agents,
-            vec![saturation()],
-            metrics_port,
-            dispatcher_pid,
-            &cpu_groups,
-        )
-        .await?,
-    );
-    drop(responders);
+    if wanted("c") && args.saturation_seconds > 0 {
+        let responders = agents(args, root, "c", args.many_agents, Layout::Shared).await?;
+        configurations.push(
+            configuration(
+                args,
+                root,
+                "c",
+                &format!("{} agents, one connection", args.many_agents),
+                args.many_agents,
+                saturation().into_iter().collect(),
+                metrics_port,
+                dispatcher_pid,
+                &cpu_groups,
+            )
+            .await?,
+        );
+        drop(responders);
+    }
 
     // b: 100 agents, 100 connections.
-    let responders = agents(args, root, "b", 100, Layout::OwnConnections).await?;
-    configurations.push(
-        configuration(
-            args,
-            root,
-            "b",
-            "100 agents, 100 connections",
-            100,
-            vec![saturation()],
-            metrics_port,
-            dispatcher_pid,
-            &cpu_groups,
-        )
-        .await?,
-    );
-    drop(responders);
+    if wanted("b") && args.saturation_seconds > 0 {
+        let responders = agents(args, root, "b", 100, Layout::OwnConnections).await?;
+        configurations.push(
+            configuration(
+                args,
+                root,
+                "b",
+                "100 agents, 100 connections",
+                100,
+                saturation().into_iter().collect(),
+                metrics_port,
+                dispatcher_pid,
+                &cpu_groups,
+            )
+            .await?,
+        );
+        drop(responders);
+    }
 
     // The backlog: tasks for a capability nobody has (the dispatcher waits
     // 10 minutes before dead-lettering them in this run).
@@ -417,9 +474,17 @@ async fn configuration(
         .await
         .unwrap_or(0.0);
     let mut phases = Vec::new();
+    let mut stage_means_ms = Vec::new();
     for spec in specs {
         eprintln!("bench: {name}: phase {}", spec.name);
+        let stages_before = stage_totals(metrics_port).await;
         let report = runner.run(&spec).await?;
+        let means = stage_means(&stages_before, &stage_totals(metrics_port).await);
+        eprintln!(
+            "bench: {name}: {}: mean ms per dispatcher stage {means:?}",
+            report.name
+        );
+        stage_means_ms.push(means);
         eprintln!(
             "bench: {name}: {}: {:.0} tasks/s, p50 {} ms, p99 {} ms, {} missing, {} duplicates",
             report.name,
@@ -452,6 +517,7 @@ async fn configuration(
         } else {
             0.0
         },
+        stage_means_ms,
     })
 }
 
@@ -618,15 +684,33 @@ impl DispatcherReport {
             ));
             out.push_str(&load::markdown_table(&configuration.phases));
             out.push('\n');
+            out.push_str(
+                "Mean time per task in the dispatcher's stages (ms; the warm-up included): ",
+            );
+            let stages: Vec<String> = configuration
+                .phases
+                .iter()
+                .zip(&configuration.stage_means_ms)
+                .map(|(phase, means)| {
+                    let parts: Vec<String> = means
+                        .iter()
+                        .map(|(stage, ms)| format!("{stage} {ms:.2}"))
+                        .collect();
+                    format!("{}: {}", phase.name, parts.join(", "))
+                })
+                .collect();
+            out.push_str(&stages.join("; "));
+            out.push_str("\n\n");
         }
         let baseline_saturation = self
             .baseline
             .as_ref()
             .and_then(|b| saturation(&b.phases.iter().map(|p| p.load.clone()).collect::<Vec<_>>()));
-        let a = self
+        let ten = self
             .configurations
-            .first()
-            .and_then(|c| saturation(&c.phases));
+            .iter()
+            .find(|c| c.agents == 10 && !c.name.contains("connections"));
+        let a = ten.and_then(|c| saturation(&c.phases));
         // The configuration with the most agents (all on one connection).
         let c = self
             .configurations
@@ -646,11 +730,7 @@ impl DispatcherReport {
                 many / few
             ));
         }
-        if let Some(rate) = self
-            .configurations
-            .first()
-            .and_then(|c| c.phases.iter().find(|p| p.name == "rate 1000/s"))
-        {
+        if let Some(rate) = ten.and_then(|c| c.phases.iter().find(|p| p.name == "rate 1000/s")) {
             out.push_str(&format!(
                 "- At 1,000 tasks/s: p50 {} ms, p99 {} ms (targets ≤ 1 ms, ≤ 5 ms)\n",
                 load::ms(rate.latency.p50_ms),

@@ -20,6 +20,8 @@ pub struct Intake {
     spec: TaskSpec,
     message: jetstream::Message,
     replay_of: Option<String>,
+    /// When JetStream delivered it.
+    received: Instant,
 }
 
 /// The answer of a lookup: the intakes and what the store holds for them.
@@ -80,6 +82,7 @@ impl Engine {
                 spec,
                 message,
                 replay_of,
+                received: Instant::now(),
             };
             if derived {
                 self.admit(intake, None);
@@ -87,18 +90,29 @@ impl Engine {
                 lookups.push(intake);
             }
         }
-        if !lookups.is_empty() {
-            for intake in &lookups {
-                self.hold_placeholder(intake);
-            }
-            let ids: Vec<String> = lookups.iter().map(|i| i.spec.id.clone()).collect();
-            let store = self.store.clone();
-            let answer = self.looked.0.clone();
-            tokio::spawn(async move {
-                let result = store.lookup(&ids).await;
-                let _ = answer.send((lookups, result));
-            });
+        for intake in &lookups {
+            self.hold_placeholder(intake);
         }
+        self.awaiting_lookup.extend(lookups);
+        self.start_lookup();
+    }
+
+    /// Looks up everything waiting, in one query, unless a lookup is under
+    /// way (its answer starts the next): one query at a time keeps the
+    /// submissions in their arrival order and batches them under load.
+    pub(super) fn start_lookup(&mut self) {
+        if self.lookup_running || self.awaiting_lookup.is_empty() {
+            return;
+        }
+        self.lookup_running = true;
+        let lookups = std::mem::take(&mut self.awaiting_lookup);
+        let ids: Vec<String> = lookups.iter().map(|i| i.spec.id.clone()).collect();
+        let store = self.store.clone();
+        let answer = self.looked.0.clone();
+        tokio::spawn(async move {
+            let result = store.lookup(&ids).await;
+            let _ = answer.send((lookups, result));
+        });
     }
 
     /// Marks a task id as taken while its lookup runs, so a second delivery
@@ -112,11 +126,14 @@ impl Engine {
                 intake.message.clone(),
                 view,
                 Phase::Looking,
+                intake.received,
             ),
         );
     }
 
     pub(super) async fn on_looked(&mut self, (intakes, result): Looked) {
+        self.lookup_running = false;
+        self.start_lookup();
         let stored = match result {
             Ok(stored) => stored,
             Err(error) => {
@@ -166,12 +183,13 @@ impl Engine {
             spec,
             message,
             replay_of,
+            received,
         } = intake;
         let id = spec.id.clone();
         match stored {
             None => {
                 let view = TaskView::submitted(spec.to_task(), 0, chrono::Utc::now());
-                let held = new_held(spec.clone(), message, view, Phase::Queued);
+                let held = new_held(spec.clone(), message, view, Phase::Queued, received);
                 self.tasks.insert(id.clone(), held);
                 self.record(
                     &id,
@@ -185,7 +203,7 @@ impl Engine {
                 let persisted = view.last_sequence;
                 let resumed_attempts = view.attempts;
                 let replay = view.status.is_final();
-                let mut held = new_held(spec, message, view, Phase::Queued);
+                let mut held = new_held(spec, message, view, Phase::Queued, received);
                 held.persisted = persisted;
                 held.attempts_run = if replay { 0 } else { resumed_attempts };
                 self.tasks.insert(id.clone(), held);
@@ -261,7 +279,13 @@ impl Engine {
     }
 }
 
-fn new_held(spec: TaskSpec, message: jetstream::Message, view: TaskView, phase: Phase) -> Held {
+fn new_held(
+    spec: TaskSpec,
+    message: jetstream::Message,
+    view: TaskView,
+    phase: Phase,
+    received: Instant,
+) -> Held {
     let now = Instant::now();
     Held {
         spec,
@@ -278,7 +302,8 @@ fn new_held(spec: TaskSpec, message: jetstream::Message, view: TaskView, phase: 
         queued_at: now,
         extended_at: now,
         waiters: Vec::new(),
-        received: now,
+        received,
+        stage_since: Some(received),
     }
 }
 

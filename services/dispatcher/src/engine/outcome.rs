@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::intake::headers_of;
 use super::{Engine, Phase, Timer};
 use crate::backoff::{retry_delay, should_retry};
+use crate::metrics::Stage;
 use crate::projection::{Finality, TaskEvent, from_wire_value, reason};
 use crate::writer::Written;
 
@@ -132,6 +133,10 @@ impl Engine {
         let Phase::Running(run) = std::mem::replace(&mut held.phase, Phase::Backoff) else {
             return;
         };
+        let now = Instant::now();
+        if let Some(since) = held.stage_since.replace(now) {
+            self.metrics.observe_stage(Stage::Agent, now - since);
+        }
         let fan_out = run.agents.len() > 1
             || matches!(
                 self.router.strategy_for(&held.spec),
@@ -282,6 +287,7 @@ impl Engine {
     fn finalize(&mut self, task_id: &str) {
         if let Some(held) = self.tasks.get_mut(task_id) {
             held.phase = Phase::Final;
+            held.stage_since = Some(Instant::now());
         }
         self.send_write(task_id);
     }
@@ -465,6 +471,9 @@ impl Engine {
             }
             if matches!(held.phase, Phase::Final) {
                 let held = self.tasks.remove(&task_id).expect("held");
+                if let Some(since) = held.stage_since {
+                    self.metrics.observe_stage(Stage::Commit, since.elapsed());
+                }
                 let result = held.view.result();
                 crate::endpoints::publish_result(&self.bus, &result, false).await;
                 let _ = held.message.ack().await;

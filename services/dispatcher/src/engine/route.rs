@@ -18,6 +18,7 @@ use super::{Engine, Phase, Run, Timer};
 
 /// Most capable agents one routing decision considers (see `Engine::route`).
 pub const ROUTING_WINDOW: usize = 64;
+use crate::metrics::Stage;
 use crate::projection::{TaskEvent, reason};
 use concord_wire::v1::RoutingStrategy;
 
@@ -280,6 +281,13 @@ impl Engine {
             return;
         }
         let held = self.tasks.get_mut(task_id).expect("checked above");
+        let now = Instant::now();
+        if held.attempts_run == 0
+            && let Some(since) = held.stage_since
+        {
+            self.metrics.observe_stage(Stage::Intake, now - since);
+        }
+        held.stage_since = Some(now);
         let attempt = held.view.attempts + 1;
         held.attempts_run += 1;
         let lease = std::time::Duration::from_millis(held.spec.timeout_ms);
