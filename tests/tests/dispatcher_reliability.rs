@@ -104,12 +104,17 @@ async fn observe(client: async_nats::Client, subject: String, results: Arc<Mutex
 /// Publishes one submission until JetStream confirms it (same message id on
 /// every try, so a retry after a lost ack is one task).
 async fn submit(js: &jetstream::Context, subject: &str, i: usize) {
+    submit_as(js, subject, i, format!("r-{i}")).await;
+}
+
+/// Submits task `r-<i>` with `msg_id` as its Nats-Msg-Id.
+async fn submit_as(js: &jetstream::Context, subject: &str, i: usize, msg_id: String) {
     let id = format!("r-{i}");
     let body = json!({"id": id, "capability": "chaos", "payload": {"i": i}, "timeoutMs": 3000, "maxAttempts": 20});
     let bytes: bytes::Bytes = serde_json::to_vec(&body).unwrap().into();
     loop {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
         let sent = async {
             js.publish_with_headers(subject.to_string(), headers, bytes.clone())
                 .await?
@@ -469,10 +474,74 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
         "both replicas worked: {per_replica:?}"
     );
     eprintln!("replicas completed {per_replica:?}");
+    // New ids skipped the store lookup (the known-ids filter had loaded).
+    let skipped: u64 = registries
+        .iter()
+        .map(|metrics| counter(&metrics.encode(), "dispatcher_lookups_skipped"))
+        .sum();
+    assert!(skipped > 0, "no lookup was skipped");
+
+    // Every id again, under new Nats-Msg-Ids (as if beyond the dedupe
+    // window), with only replica 1 left: the ids replica 0 completed reached
+    // replica 1's filter as events, so every one is recognised as finished
+    // (a re-published result), and none is given to an agent again.
+    stops[1].trigger();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let survivor = &registries[1];
+    let assigned_before = counter(&survivor.encode(), "dispatcher_attempts_started");
+    let duplicates_before = counter(&survivor.encode(), "dispatcher_tasks_duplicate");
+    for chunk in (0..total).collect::<Vec<_>>().chunks(200) {
+        futures::future::join_all(
+            chunk
+                .iter()
+                .map(|&i| submit_as(&js, &subject, i, format!("again-r-{i}"))),
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while counter(&survivor.encode(), "dispatcher_tasks_duplicate") - duplicates_before
+        < total as u64
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "resubmissions not all answered: {}",
+            counter(&survivor.encode(), "dispatcher_tasks_duplicate") - duplicates_before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        counter(&survivor.encode(), "dispatcher_attempts_started"),
+        assigned_before,
+        "a finished task was given to an agent again"
+    );
+    let twice: i64 = sqlx::query_scalar(
+        "select count(*) from (select aggregate_id from events where event_type = 'task.completed' group by 1 having count(*) > 1) d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(twice, 0, "no task completed twice");
     agents_shutdown.trigger();
     for stop in stops {
         stop.trigger();
     }
+}
+
+/// A counter's value in a Prometheus exposition.
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|line| {
+            !line.starts_with('#')
+                && line.contains(name)
+                && line
+                    .split(' ')
+                    .next()
+                    .is_some_and(|series| series.trim_end_matches("_total").ends_with(name))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .unwrap_or(0)
 }
 
 fn completed_metric(text: &str) -> u64 {

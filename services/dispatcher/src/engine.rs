@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::Loads;
 use crate::breaker::Breakers;
 use crate::config::DispatcherConfig;
+use crate::known_ids::{Bloom, KnownIds};
 use crate::metrics::Metrics;
 use crate::projection::{AGGREGATE, TaskEvent, TaskView};
 use crate::routing::{PriorityQueue, Router};
@@ -70,6 +71,10 @@ pub struct Inputs {
     pub commands: mpsc::Receiver<Command>,
     pub replies: Subscriber,
     pub progress: Subscriber,
+    /// `task.submitted` events (other replicas' new ids).
+    pub known_feed: Subscriber,
+    /// Changes on each NATS disconnect and reconnect.
+    pub connection: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What the engine needs from the rest of the service.
@@ -148,6 +153,9 @@ enum Timer {
     Backoff { task_id: String, attempt: u32 },
 }
 
+/// A finished load of the known ids: its generation and the filter.
+type KnownLoad = (u64, anyhow::Result<Bloom>);
+
 /// The engine's state.
 pub struct Engine {
     config: DispatcherConfig,
@@ -187,6 +195,14 @@ pub struct Engine {
     awaiting_lookup: Vec<Intake>,
     /// A lookup is under way.
     lookup_running: bool,
+    /// Ids the store may hold (first deliveries of other ids skip the lookup).
+    known: KnownIds,
+    known_loaded: (
+        mpsc::UnboundedSender<KnownLoad>,
+        mpsc::UnboundedReceiver<KnownLoad>,
+    ),
+    /// No new load of the known ids before then (after a failure).
+    known_retry_at: Instant,
     started: Instant,
     rng: u64,
 }
@@ -225,6 +241,9 @@ impl Engine {
             looked: mpsc::unbounded_channel(),
             awaiting_lookup: Vec::new(),
             lookup_running: false,
+            known: KnownIds::new(),
+            known_loaded: mpsc::unbounded_channel(),
+            known_retry_at: Instant::now(),
             started: Instant::now(),
             rng: seed | 1,
         })
@@ -236,6 +255,8 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut extend = tokio::time::interval(self.config.ack_wait / 3);
         extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        inputs.connection.mark_unchanged();
+        self.load_known(false);
         loop {
             let next_timer = self
                 .timers
@@ -251,6 +272,12 @@ impl Engine {
                 Some(message) = inputs.progress.next() => self.on_progress(message),
                 Some(command) = inputs.commands.recv() => self.on_command(command).await,
                 Some(batch) = inputs.pulled.recv() => self.on_pulled(batch).await,
+                Some(message) = inputs.known_feed.next() => self.on_known_event(&message),
+                Some((generation, loaded)) = self.known_loaded.1.recv() => self.on_known_loaded(generation, loaded),
+                Ok(()) = inputs.connection.changed() => {
+                    // Events may have been missed while disconnected.
+                    self.load_known(true);
+                }
                 _ = tokio::time::sleep_until(next_timer.into()) => self.on_timers().await,
                 _ = tick.tick() => self.on_tick(),
                 _ = extend.tick() => self.extend_acks().await,
@@ -392,6 +419,9 @@ impl Engine {
 
     fn on_tick(&mut self) {
         self.flush_deferred(false);
+        if self.known.wants_load() && Instant::now() >= self.known_retry_at {
+            self.load_known(false);
+        }
         // Re-try every queue: agents may have appeared, heartbeats may show
         // free capacity, breakers may have cooled down.
         for (capability, queue) in &self.queues {
@@ -404,6 +434,56 @@ impl Engine {
             self.queues.values().map(|q| q.len()).sum::<usize>() as i64
                 + self.targeted.len() as i64,
         );
+    }
+
+    /// Starts loading the known-ids filter from the store (`forget`: drop
+    /// the current one first).
+    fn load_known(&mut self, forget: bool) {
+        let Some(generation) = self.known.begin_load(forget) else {
+            return;
+        };
+        self.metrics.known_ids_bytes.set(self.known.bytes() as i64);
+        let store = self.store.clone();
+        let answer = self.known_loaded.0.clone();
+        tokio::spawn(async move {
+            let _ = answer.send((generation, store.known_ids().await));
+        });
+    }
+
+    fn on_known_loaded(&mut self, generation: u64, loaded: anyhow::Result<Bloom>) {
+        match loaded {
+            Ok(filter) => {
+                tracing::debug!(
+                    ids = filter.count(),
+                    bytes = filter.bytes(),
+                    "known task ids loaded"
+                );
+                self.known.loaded(generation, filter);
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot load the known task ids; every submission is looked up until they load");
+                self.known.load_failed(generation);
+                self.known_retry_at = Instant::now() + Duration::from_secs(1);
+            }
+        }
+        self.metrics.known_ids_bytes.set(self.known.bytes() as i64);
+    }
+
+    /// Another replica's `task.submitted` event: its id is in the store.
+    fn on_known_event(&mut self, message: &async_nats::Message) {
+        #[derive(serde::Deserialize)]
+        struct Submitted<'a> {
+            #[serde(rename = "aggregateId", borrow)]
+            aggregate_id: std::borrow::Cow<'a, str>,
+        }
+        let Ok(event) = serde_json::from_slice::<Submitted>(&message.payload) else {
+            return;
+        };
+        // Ids already in the filter (this replica's own, mostly) need no
+        // second insertion; while it loads, every id is kept for it.
+        if !self.known.is_loaded() || !self.known.may_be_known(&event.aggregate_id) {
+            self.known.insert(&event.aggregate_id);
+        }
     }
 
     /// Tells JetStream that long-held submissions are still being worked on.

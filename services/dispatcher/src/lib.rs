@@ -27,6 +27,7 @@ pub mod breaker;
 pub mod config;
 pub mod endpoints;
 pub mod engine;
+pub mod known_ids;
 pub mod metrics;
 pub mod projection;
 pub mod routing;
@@ -115,6 +116,11 @@ pub async fn build_with(
         .client
         .subscribe(bus.subjects.join("tasks.progress.*"))
         .await?;
+    // Other replicas' new task ids, for the known-ids filter.
+    let known_feed = bus
+        .client
+        .subscribe(bus.subjects.event("task", "submitted"))
+        .await?;
     let (command_tx, command_rx) = mpsc::channel(1024);
     let holder = bus
         .client
@@ -156,6 +162,8 @@ pub async fn build_with(
         commands: command_rx,
         replies,
         progress,
+        known_feed,
+        connection: bus.connection_changes(),
     };
     let grace = context.shutdown_grace;
     // When the engine returns it drops the writer's sender: the writer

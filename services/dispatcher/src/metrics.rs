@@ -22,6 +22,9 @@ pub struct Metrics {
     pub cancelled: Counter,
     pub lease_expired: Counter,
     pub stale_replies: Counter,
+    pub lookups: Counter,
+    pub lookups_skipped: Counter,
+    pub known_ids_bytes: Gauge,
     pub held: Gauge,
     pub queued: Gauge,
     latency: Histogram,
@@ -64,6 +67,9 @@ impl Metrics {
             cancelled: Counter::default(),
             lease_expired: Counter::default(),
             stale_replies: Counter::default(),
+            lookups: Counter::default(),
+            lookups_skipped: Counter::default(),
+            known_ids_bytes: Gauge::default(),
             held: Gauge::default(),
             queued: Gauge::default(),
             latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
@@ -84,7 +90,17 @@ impl Metrics {
             "Time tasks spend in each stage: intake (delivery to first assignment), agent (one attempt), commit (final outcome to result)",
             stages,
         );
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 13] = [
+            (
+                "dispatcher_lookups",
+                "Submissions whose stored state was looked up (redeliveries, ids that may have been used)",
+                &metrics.lookups,
+            ),
+            (
+                "dispatcher_lookups_skipped",
+                "First deliveries of ids certainly new (known-ids filter): no lookup",
+                &metrics.lookups_skipped,
+            ),
             (
                 "dispatcher_tasks_submitted",
                 "New tasks accepted",
@@ -144,6 +160,11 @@ impl Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "dispatcher_known_ids_bytes",
+            "Memory of the known-ids filter (0 while it is not loaded)",
+            metrics.known_ids_bytes.clone(),
+        );
         registry.register(
             "dispatcher_tasks_held",
             "Submissions this replica holds (unacknowledged)",

@@ -17,6 +17,7 @@ use concord_wire::v1::{TaskResult, TaskStatus};
 use sqlx::PgPool;
 use sqlx::types::Json;
 
+use crate::known_ids::Bloom;
 use crate::projection::{AGGREGATE, TaskEvent, TaskView, from_wire_json, from_wire_value};
 
 /// One task's change: its new row and the events that lead to it.
@@ -145,6 +146,25 @@ impl TaskStore {
     /// The dead-letter store on the same pool.
     pub fn dead_letters(&self) -> concord_store::DeadLetterStore {
         concord_store::DeadLetterStore::new(self.pool.clone())
+    }
+
+    /// A filter of every task id stored now (see [`crate::known_ids`]),
+    /// sized for twice as many, read as a stream (no list of ids in memory).
+    pub async fn known_ids(&self) -> anyhow::Result<Bloom> {
+        use futures::TryStreamExt;
+        let mut conn = self.pool.acquire().await?;
+        let estimate: f32 = sqlx::query_scalar(
+            "select greatest(reltuples, 0) from pg_class where oid = 'tasks'::regclass",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let mut filter = Bloom::with_capacity(estimate as usize * 2);
+        let mut ids =
+            sqlx::query_scalar::<_, String>("select task_id from tasks").fetch(&mut *conn);
+        while let Some(id) = ids.try_next().await? {
+            filter.insert(&id);
+        }
+        Ok(filter)
     }
 
     /// The stored views of these tasks (absent ids are not in the map).

@@ -88,6 +88,7 @@ pub struct Bus {
     pub client: Client,
     pub subjects: Subjects,
     closed: tokio::sync::watch::Receiver<bool>,
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 /// How long [`Bus::request`] keeps retrying "no responders" before it
@@ -95,6 +96,13 @@ pub struct Bus {
 pub const NO_RESPONDERS_GRACE: Duration = Duration::from_millis(250);
 
 impl Bus {
+    /// Counts the connection's disconnects and reconnects: a receiver sees
+    /// a change after each, so a consumer of core messages (at most once)
+    /// knows when it may have missed some.
+    pub fn connection_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
     /// Drains the connection (every subscription is unsubscribed after the
     /// messages already received are handled, pending publishes are flushed)
     /// and waits until it is closed, so the server no longer routes anything
@@ -143,6 +151,7 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
     }
     let name = config.client_name.clone();
     let (closed_tx, closed) = tokio::sync::watch::channel(false);
+    let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
     options = options
         .name(&config.client_name)
         .require_tls(config.require_tls)
@@ -155,6 +164,9 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
             let name = name.clone();
             if matches!(event, Event::Closed) {
                 let _ = closed_tx.send(true);
+            }
+            if matches!(event, Event::Connected | Event::Disconnected) {
+                changes_tx.send_modify(|n| *n += 1);
             }
             async move {
                 match event {
@@ -186,6 +198,7 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
         client,
         subjects,
         closed,
+        changes,
     })
 }
 

@@ -16,7 +16,8 @@
 //!   group-commit writer: while batches commit (`--commit-lanes` at once,
 //!   default 2), the next one accumulates (up to `--max-rows`), and a batch
 //!   is one multi-row `UNNEST` insert through
-//!   [`concord_store::EventStore::append`]. Only after the commit
+//!   [`concord_store::EventStore::append_in`], on a connection per lane
+//!   ([`concord_store::DirectConnections`]). Only after the commit
 //!   does the writer publish each task's result on
 //!   `<root>.tasks.result.<id>` and ack its JetStream message;
 //! - the load ([`crate::load`]): tasks published at fixed rates, then at
@@ -35,7 +36,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{Client, Subject};
 use bytes::Bytes;
-use concord_store::{EventStore, NewEvent};
+use concord_store::{DirectConnections, EventStore, NewEvent};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -348,6 +349,9 @@ async fn ask(
 #[derive(Clone)]
 struct Committer {
     store: EventStore,
+    /// One connection per commit lane, used directly (the pool would add a
+    /// ping round trip before and after every commit).
+    connections: DirectConnections,
     client: Client,
     root: String,
     /// High bits of every event id of the run: event ids are derived from
@@ -430,7 +434,13 @@ impl Committer {
             }
         }
         let started = std::time::Instant::now();
-        let appended = self.store.append(&events).await;
+        let appended = async {
+            let mut conn = self.connections.take().await?;
+            let outcome = self.store.append_in(&mut conn, &events).await?;
+            conn.release();
+            Ok::<_, concord_store::StoreError>(outcome)
+        }
+        .await;
         self.counters
             .commit_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
@@ -599,6 +609,7 @@ async fn measure(
         .context("cannot start pulling tasks")?;
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let committer = Committer {
+        connections: DirectConnections::of(&pool, lanes),
         store,
         client: pipeline_client.clone(),
         root: root.clone(),

@@ -78,15 +78,20 @@ impl Engine {
             // A first delivery with an id derived from its own stream position
             // cannot be known to the store yet: skip the lookup.
             let derived = header("Nats-Msg-Id").is_none() && spec.id_generated && delivered == 1;
+            // A first delivery of an id the store certainly does not hold
+            // (the known-ids filter) needs no lookup either.
+            let new = delivered == 1 && (derived || !self.known.may_be_known(&spec.id));
             let intake = Intake {
                 spec,
                 message,
                 replay_of,
                 received: Instant::now(),
             };
-            if derived {
+            if new {
+                self.metrics.lookups_skipped.inc();
                 self.admit(intake, None);
             } else {
+                self.metrics.lookups.inc();
                 lookups.push(intake);
             }
         }
@@ -186,6 +191,7 @@ impl Engine {
             received,
         } = intake;
         let id = spec.id.clone();
+        self.known.insert(&id);
         match stored {
             None => {
                 let view = TaskView::submitted(spec.to_task(), 0, chrono::Utc::now());
