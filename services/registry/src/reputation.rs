@@ -12,19 +12,26 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Registry;
 
 /// Subscribes to task outcome events and counts them until `stop`.
+///
+/// Only the two outcome subjects: a wildcard over `events.task.*` would have
+/// nats-server deliver every task's other events here too.
 pub async fn listen(registry: Registry, bus: Bus, stop: CancellationToken) {
-    let subject = bus.subjects.join("events.task.*");
-    let mut events = match bus
-        .client
-        .queue_subscribe(subject.clone(), "concord-registry".into())
-        .await
-    {
-        Ok(events) => events,
-        Err(error) => {
-            tracing::error!(%error, %subject, "cannot subscribe to task outcomes; reputation stays fixed");
-            return;
+    let mut streams = Vec::new();
+    for outcome in ["completed", "failed"] {
+        let subject = bus.subjects.event("task", outcome);
+        match bus
+            .client
+            .queue_subscribe(subject.clone(), "concord-registry".into())
+            .await
+        {
+            Ok(events) => streams.push(events),
+            Err(error) => {
+                tracing::error!(%error, %subject, "cannot subscribe to task outcomes; reputation stays fixed");
+                return;
+            }
         }
-    };
+    }
+    let mut events = futures::stream::select_all(streams);
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => return,
@@ -46,8 +53,19 @@ pub fn outcome(subject: &str, payload: &[u8]) -> Option<(String, bool)> {
         "failed" => false,
         _ => return None,
     };
-    let event: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let agent_id = event["data"]["agentId"].as_str()?.to_string();
+    // Only the agent id is read (the rest of the event, its output
+    // included, is skipped, not built).
+    #[derive(serde::Deserialize)]
+    struct Event {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        #[serde(rename = "agentId", default)]
+        agent_id: String,
+    }
+    let event: Event = serde_json::from_slice(payload).ok()?;
+    let agent_id = event.data.agent_id;
     (!agent_id.is_empty()).then_some((agent_id, success))
 }
 
