@@ -57,24 +57,34 @@ pub async fn build_with(
     // failed to reach it).
     registry.reconcile().await?;
 
+    let mut service = service;
     let subjects = &context.bus.subjects;
-    let host = service.host();
     macro_rules! endpoint {
-        ($add:ident, $name:literal, $handler:path) => {{
+        ($host:expr, $add:ident, $name:literal, $handler:path) => {{
             let registry = registry.clone();
-            host.$add(
-                $name,
-                subjects.endpoint("registry", $name),
-                move |request| $handler(registry.clone(), request),
-            )
-            .await?;
+            $host
+                .$add(
+                    $name,
+                    subjects.endpoint("registry", $name),
+                    move |request| $handler(registry.clone(), request),
+                )
+                .await?;
         }};
     }
-    endpoint!(endpoint, "register", handlers::register::handle);
-    endpoint!(endpoint, "deregister", handlers::deregister::handle);
-    endpoint!(endpoint_untraced, "heartbeat", handlers::heartbeat::handle);
-    endpoint!(endpoint, "discover", handlers::discover::handle);
-    endpoint!(endpoint, "get", handlers::get::handle);
+    // Lookups get a connection of their own: on the main one they would
+    // queue behind thousands of heartbeats a second.
+    let lookups = service.separate_host("lookups").await?;
+    endpoint!(lookups, endpoint, "discover", handlers::discover::handle);
+    endpoint!(lookups, endpoint, "get", handlers::get::handle);
+    let host = service.host();
+    endpoint!(host, endpoint, "register", handlers::register::handle);
+    endpoint!(host, endpoint, "deregister", handlers::deregister::handle);
+    endpoint!(
+        host,
+        endpoint_untraced,
+        "heartbeat",
+        handlers::heartbeat::handle
+    );
 
     service.spawn_background(reputation::listen(
         registry.clone(),
