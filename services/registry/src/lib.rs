@@ -57,34 +57,24 @@ pub async fn build_with(
     // failed to reach it).
     registry.reconcile().await?;
 
-    let mut service = service;
     let subjects = &context.bus.subjects;
+    let host = service.host();
     macro_rules! endpoint {
-        ($host:expr, $add:ident, $name:literal, $handler:path) => {{
+        ($add:ident, $name:literal, $handler:path) => {{
             let registry = registry.clone();
-            $host
-                .$add(
-                    $name,
-                    subjects.endpoint("registry", $name),
-                    move |request| $handler(registry.clone(), request),
-                )
-                .await?;
+            host.$add(
+                $name,
+                subjects.endpoint("registry", $name),
+                move |request| $handler(registry.clone(), request),
+            )
+            .await?;
         }};
     }
-    // Lookups get a connection of their own: on the main one they would
-    // queue behind thousands of heartbeats a second.
-    let lookups = service.separate_host("lookups").await?;
-    endpoint!(lookups, endpoint, "discover", handlers::discover::handle);
-    endpoint!(lookups, endpoint, "get", handlers::get::handle);
-    let host = service.host();
-    endpoint!(host, endpoint, "register", handlers::register::handle);
-    endpoint!(host, endpoint, "deregister", handlers::deregister::handle);
-    endpoint!(
-        host,
-        endpoint_untraced,
-        "heartbeat",
-        handlers::heartbeat::handle
-    );
+    endpoint!(endpoint, "register", handlers::register::handle);
+    endpoint!(endpoint, "deregister", handlers::deregister::handle);
+    endpoint!(endpoint_untraced, "heartbeat", handlers::heartbeat::handle);
+    endpoint!(endpoint, "discover", handlers::discover::handle);
+    endpoint!(endpoint, "get", handlers::get::handle);
 
     service.spawn_background(reputation::listen(
         registry.clone(),

@@ -226,32 +226,6 @@ impl ServiceHost {
         })
     }
 
-    /// Another instance of this service on `bus`'s connection, with the same
-    /// name, metrics and reject sink: for endpoints that must not wait
-    /// behind other endpoints' traffic (one connection reads and writes its
-    /// messages in order). `$SRV.INFO.<name>` then lists both instances.
-    pub async fn sibling(&self, bus: &Bus) -> Result<Self, HostError> {
-        let service = bus
-            .client
-            .service_builder()
-            .description(&self.spec.description)
-            .start(&self.spec.name, &self.spec.version)
-            .await
-            .map_err(|error| HostError {
-                what: format!("service {} (second connection)", self.spec.name),
-                reason: error.to_string(),
-            })?;
-        Ok(Self {
-            client: bus.client.clone(),
-            spec: self.spec.clone(),
-            service,
-            tracker: TaskTracker::new(),
-            stop: Shutdown::new(),
-            metrics: self.metrics.clone(),
-            reject_sink: self.reject_sink.clone(),
-        })
-    }
-
     /// Where bad input is kept; without one it is only logged and counted.
     pub fn set_reject_sink(&mut self, sink: Arc<dyn RejectSink>) {
         self.reject_sink = Some(sink);

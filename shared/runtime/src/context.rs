@@ -39,7 +39,6 @@ pub struct ServiceContext {
     /// How long in-flight work may take to finish after shutdown begins.
     pub shutdown_grace: Duration,
     metrics_addr: Option<SocketAddr>,
-    bus_config: BusConfig,
 }
 
 /// Why a service could not start; every variant prints as one line saying what to fix.
@@ -95,16 +94,7 @@ impl ServiceContext {
             shutdown,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
             metrics_addr,
-            bus_config,
         })
-    }
-
-    /// Another NATS connection with the same settings, named
-    /// `<service>-<purpose>` (what `connz` shows).
-    pub async fn connect_again(&self, purpose: &str) -> Result<Bus, concord_bus::ConnectError> {
-        let mut config = self.bus_config.clone();
-        config.client_name = format!("{}-{purpose}", self.info.name);
-        concord_bus::connect(&config).await
     }
 
     /// Where `/metrics` is served.

@@ -13,8 +13,6 @@ use crate::ServiceContext;
 pub struct Service {
     context: ServiceContext,
     host: ServiceHost,
-    /// Instances on connections of their own (see [`Service::separate_host`]).
-    separate: Vec<(ServiceHost, concord_bus::Bus)>,
     background: TaskTracker,
     background_stop: CancellationToken,
 }
@@ -28,7 +26,6 @@ impl Service {
         Ok(Self {
             context,
             host,
-            separate: Vec::new(),
             background: TaskTracker::new(),
             background_stop: CancellationToken::new(),
         })
@@ -37,17 +34,6 @@ impl Service {
     /// Where endpoints are added.
     pub fn host(&self) -> &ServiceHost {
         &self.host
-    }
-
-    /// A second instance of the service on a NATS connection of its own
-    /// (client name `<service>-<purpose>`), for endpoints whose latency must
-    /// not depend on the traffic of the others. Drained and closed with the
-    /// service.
-    pub async fn separate_host(&mut self, purpose: &str) -> anyhow::Result<&ServiceHost> {
-        let bus = self.context.connect_again(purpose).await?;
-        let host = self.host.sibling(&bus).await?;
-        self.separate.push((host, bus));
-        Ok(&self.separate.last().expect("just pushed").0)
     }
 
     /// The connections.
@@ -78,14 +64,7 @@ impl Service {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.context.shutdown.triggered().await;
         tracing::info!(service = self.context.info.name, "draining");
-        let grace = self.context.shutdown_grace;
-        let mut buses = Vec::new();
-        let mut hosts = vec![self.host.shutdown(grace)];
-        for (host, bus) in self.separate {
-            hosts.push(host.shutdown(grace));
-            buses.push(bus);
-        }
-        futures::future::join_all(hosts).await;
+        self.host.shutdown(self.context.shutdown_grace).await;
         self.background_stop.cancel();
         self.background.close();
         if tokio::time::timeout(self.context.shutdown_grace, self.background.wait())
@@ -96,9 +75,6 @@ impl Service {
                 service = self.context.info.name,
                 "background tasks did not stop in time"
             );
-        }
-        for bus in buses {
-            bus.close(std::time::Duration::from_secs(5)).await;
         }
         self.context.close().await;
         Ok(())
