@@ -62,6 +62,12 @@ pub struct DispatcherArgs {
     /// `c` (many agents), `b` (100 agent connections).
     #[arg(long, value_delimiter = ',', default_value = "a,c,b")]
     pub configurations: Vec<String>,
+    /// After configuration `a`, this many more saturation pairs, alternating
+    /// the raw baseline and Concord (10 agents), each pair right after the
+    /// other: the ratio of every pair and their median, less exposed to the
+    /// machine's drift than one baseline at the start of the run.
+    #[arg(long, default_value_t = 0)]
+    pub repeat: usize,
     /// Skip the raw baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -140,6 +146,8 @@ pub struct DispatcherReport {
     pub machine: String,
     pub baseline: Option<BaselineReport>,
     pub configurations: Vec<Configuration>,
+    /// The `--repeat` pairs: (baseline, Concord) tasks per second at saturation.
+    pub repeats: Vec<(f64, f64)>,
     pub rss_mib_start: f64,
     pub backlog_tasks: usize,
     pub backlog_held: f64,
@@ -239,7 +247,12 @@ pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
         .await;
     let _ = control.drain().await;
     let _ = scratch.drop_now().await;
-    let (configurations, rss_start, backlog) = result.map_err(|error| match tail {
+    let Measured {
+        configurations,
+        repeats,
+        rss_start,
+        backlog,
+    } = result.map_err(|error| match tail {
         Some(tail) if !tail.is_empty() => error.context(format!("dispatcher log:\n{tail}")),
         _ => error,
     })?;
@@ -257,6 +270,7 @@ pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
         },
         baseline,
         configurations,
+        repeats,
         rss_mib_start: rss_start,
         backlog_tasks: args.backlog,
         backlog_held: backlog.0,
@@ -264,7 +278,13 @@ pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
     })
 }
 
-type Measured = (Vec<Configuration>, f64, (f64, f64));
+struct Measured {
+    configurations: Vec<Configuration>,
+    repeats: Vec<(f64, f64)>,
+    rss_start: f64,
+    /// Held tasks and RSS with the backlog.
+    backlog: (f64, f64),
+}
 
 async fn measure(
     args: &DispatcherArgs,
@@ -302,18 +322,10 @@ async fn measure(
         groups
     };
     let warmup = Duration::from_secs(args.warmup);
-    let saturation = || {
-        (args.saturation_seconds > 0).then(|| {
-            PhaseSpec::saturation(
-                "saturation",
-                args.saturation_in_flight,
-                warmup,
-                Duration::from_secs(args.saturation_seconds),
-            )
-        })
-    };
+    let saturation = || (args.saturation_seconds > 0).then(|| saturation_spec(args));
     let wanted = |name: &str| args.configurations.iter().any(|c| c == name);
     let mut configurations = Vec::new();
+    let mut repeats = Vec::new();
 
     // a: 10 agents on one connection, fixed rates then saturation.
     let mut specs: Vec<PhaseSpec> = args
@@ -336,7 +348,7 @@ async fn measure(
             configuration(
                 args,
                 root,
-                "a",
+                ("a", "a"),
                 "10 agents, one connection",
                 10,
                 specs,
@@ -346,6 +358,59 @@ async fn measure(
             )
             .await?,
         );
+        for round in 0..args.repeat {
+            eprintln!(
+                "bench: repeat {}/{}: the raw baseline, then Concord",
+                round + 1,
+                args.repeat
+            );
+            let baseline = baseline::run(&BaselineArgs {
+                rates: Vec::new(),
+                saturation_seconds: args.saturation_seconds.max(1),
+                saturation_in_flight: args.saturation_in_flight,
+                warmup: args.warmup,
+                servers: args.servers.clone(),
+                ..BaselineArgs::default()
+            })
+            .await?;
+            let ids = format!("a{round}");
+            let concord = configuration(
+                args,
+                root,
+                ("a", &ids),
+                &format!("10 agents, repeat {}", round + 1),
+                10,
+                vec![saturation_spec(args)],
+                metrics_port,
+                dispatcher_pid,
+                &cpu_groups,
+            )
+            .await?;
+            let rate = |phases: &[PhaseReport]| {
+                phases
+                    .iter()
+                    .find(|p| p.name == "saturation")
+                    .map_or(0.0, |p| p.completed_per_second)
+            };
+            let pair = (
+                rate(
+                    &baseline
+                        .phases
+                        .iter()
+                        .map(|p| p.load.clone())
+                        .collect::<Vec<_>>(),
+                ),
+                rate(&concord.phases),
+            );
+            eprintln!(
+                "bench: repeat {}: baseline {:.0}/s, Concord {:.0}/s, ratio {:.2}",
+                round + 1,
+                pair.0,
+                pair.1,
+                pair.1 / pair.0.max(1.0)
+            );
+            repeats.push(pair);
+        }
         drop(responders);
     }
 
@@ -356,7 +421,7 @@ async fn measure(
             configuration(
                 args,
                 root,
-                "c",
+                ("c", "c"),
                 &format!("{} agents, one connection", args.many_agents),
                 args.many_agents,
                 saturation().into_iter().collect(),
@@ -376,7 +441,7 @@ async fn measure(
             configuration(
                 args,
                 root,
-                "b",
+                ("b", "b"),
                 "100 agents, 100 connections",
                 100,
                 saturation().into_iter().collect(),
@@ -420,14 +485,29 @@ async fn measure(
     } else {
         (0.0, 0.0)
     };
-    Ok((configurations, rss_start, backlog))
+    Ok(Measured {
+        configurations,
+        repeats,
+        rss_start,
+        backlog,
+    })
+}
+
+/// A saturation phase with the run's window and length.
+fn saturation_spec(args: &DispatcherArgs) -> PhaseSpec {
+    PhaseSpec::saturation(
+        "saturation",
+        args.saturation_in_flight,
+        Duration::from_secs(args.warmup),
+        Duration::from_secs(args.saturation_seconds.max(1)),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn configuration(
     args: &DispatcherArgs,
     root: &str,
-    prefix: &'static str,
+    (prefix, ids): (&str, &str),
     name: &str,
     agents: usize,
     specs: Vec<PhaseSpec>,
@@ -442,11 +522,15 @@ async fn configuration(
         .build(load_client.clone());
     let subject = async_nats::Subject::from(format!("{root}.tasks.submit"));
     let capability = format!("bench-{prefix}");
+    // Task ids `<ids>-<n>`: every call uses its own `ids`, so no id repeats
+    // an earlier phase's (a finished id would only be answered as a duplicate).
+    let ids = ids.to_string();
+    let ids_of = ids.clone();
     let publish = move |id: TaskId| {
         let js = js.clone();
         let subject = subject.clone();
         let body = Bytes::from(format!(
-            r#"{{"id":"{prefix}-{id}","capability":"{capability}"}}"#
+            r#"{{"id":"{ids}-{id}","capability":"{capability}"}}"#
         ));
         async move {
             js.publish_with_headers(subject, HeaderMap::new(), body)
@@ -464,7 +548,11 @@ async fn configuration(
     )
     .id_of(move |message| {
         let token = message.subject.rsplit('.').next()?;
-        token.strip_prefix(prefix)?.strip_prefix('-')?.parse().ok()
+        token
+            .strip_prefix(ids_of.as_str())?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
     })
     .cpu_groups(cpu_groups.clone());
     let commits_before = metric(metrics_port, "concord_dispatcher_write_batches_total")
@@ -735,6 +823,32 @@ impl DispatcherReport {
                 "- At 1,000 tasks/s: p50 {} ms, p99 {} ms (targets ≤ 1 ms, ≤ 5 ms)\n",
                 load::ms(rate.latency.p50_ms),
                 load::ms(rate.latency.p99_ms)
+            ));
+        }
+        if !self.repeats.is_empty() {
+            let mut ratios: Vec<f64> = self
+                .repeats
+                .iter()
+                .map(|(baseline, concord)| concord / baseline.max(1.0))
+                .collect();
+            let pairs: Vec<String> = self
+                .repeats
+                .iter()
+                .zip(&ratios)
+                .map(|((baseline, concord), ratio)| {
+                    format!("{concord:.0} / {baseline:.0} = {ratio:.2}")
+                })
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            let middle = ratios.len() / 2;
+            let median = if ratios.len() % 2 == 0 {
+                (ratios[middle - 1] + ratios[middle]) / 2.0
+            } else {
+                ratios[middle]
+            };
+            out.push_str(&format!(
+                "- Alternating saturation pairs (Concord / baseline): {}; median **{median:.2}**\n",
+                pairs.join(", "),
             ));
         }
         out.push_str(&format!(
