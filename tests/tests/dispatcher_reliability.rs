@@ -462,7 +462,7 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
     assert_eq!(twice, 0, "no task completed twice");
     let per_replica: Vec<u64> = registries
         .iter()
-        .map(|metrics| completed_metric(&metrics.encode()))
+        .map(|metrics| counter(&metrics.encode(), "dispatcher_tasks_completed"))
         .collect();
     assert_eq!(
         per_replica.iter().sum::<u64>(),
@@ -538,15 +538,6 @@ fn counter(text: &str, name: &str) -> u64 {
                     .next()
                     .is_some_and(|series| series.trim_end_matches("_total").ends_with(name))
         })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .map(|n| n as u64)
-        .unwrap_or(0)
-}
-
-fn completed_metric(text: &str) -> u64 {
-    text.lines()
-        .find(|line| line.contains("dispatcher_tasks_completed") && !line.starts_with('#'))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|n| n.parse::<f64>().ok())
         .map(|n| n as u64)
