@@ -298,12 +298,7 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
         rows as usize, TASKS,
         "one row per task, none missing or extra"
     );
-    let twice: Vec<(String, i64)> = sqlx::query_as(
-        "select aggregate_id, count(*) from events where event_type = 'task.completed' group by 1 having count(*) > 1",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let twice = completed_twice(&pool).await;
     assert!(twice.is_empty(), "tasks completed twice: {twice:?}");
     let completions: i64 =
         sqlx::query_scalar("select count(*) from events where event_type = 'task.completed'")
@@ -453,13 +448,8 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let twice: i64 = sqlx::query_scalar(
-        "select count(*) from (select aggregate_id from events where event_type = 'task.completed' group by 1 having count(*) > 1) d",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(twice, 0, "no task completed twice");
+    let twice = completed_twice(&pool).await;
+    assert!(twice.is_empty(), "tasks completed twice: {twice:?}");
     let per_replica: Vec<u64> = registries
         .iter()
         .map(|metrics| counter(&metrics.encode(), "dispatcher_tasks_completed"))
@@ -514,17 +504,22 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
         assigned_before,
         "a finished task was given to an agent again"
     );
-    let twice: i64 = sqlx::query_scalar(
-        "select count(*) from (select aggregate_id from events where event_type = 'task.completed' group by 1 having count(*) > 1) d",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(twice, 0, "no task completed twice");
+    let twice = completed_twice(&pool).await;
+    assert!(twice.is_empty(), "tasks completed twice: {twice:?}");
     agents_shutdown.trigger();
     for stop in stops {
         stop.trigger();
     }
+}
+
+/// Tasks with more than one `task.completed` event, with their count.
+async fn completed_twice(pool: &sqlx::PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "select aggregate_id, count(*) from events where event_type = 'task.completed' group by 1 having count(*) > 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 /// A counter's value in a Prometheus exposition.

@@ -55,6 +55,12 @@ struct StageLabels {
 
 impl Metrics {
     pub fn register(registry: &MetricsRegistry) -> Self {
+        // One family for the exposition; the engine keeps the three
+        // histograms themselves (shared handles), so an observation costs no
+        // label lookup.
+        let stages = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
         let metrics = Self {
             submitted: Counter::default(),
             resumed: Counter::default(),
@@ -73,18 +79,14 @@ impl Metrics {
             held: Gauge::default(),
             queued: Gauge::default(),
             latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
-            stages: std::array::from_fn(|_| Histogram::new(exponential_buckets(0.000_05, 2.0, 20))),
+            stages: std::array::from_fn(|index| {
+                stages
+                    .get_or_create(&StageLabels {
+                        stage: Stage::NAMES[index],
+                    })
+                    .clone()
+            }),
         };
-        // One family for the exposition; the engine keeps the three
-        // histograms themselves (shared handles), so an observation costs no
-        // label lookup.
-        let stages = Family::<StageLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
-        });
-        let mut metrics = metrics;
-        for (index, name) in Stage::NAMES.iter().enumerate() {
-            metrics.stages[index] = stages.get_or_create(&StageLabels { stage: name }).clone();
-        }
         registry.register(
             "dispatcher_task_stage_seconds",
             "Time tasks spend in each stage: intake (delivery to first assignment), agent (one attempt), commit (final outcome to result)",

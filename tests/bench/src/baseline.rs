@@ -56,22 +56,8 @@ const ROWS_PER_TASK: usize = 3;
 /// Options of `concord-bench baseline`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BaselineArgs {
-    /// Length of each fixed-rate measurement window, seconds.
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
-    /// Fixed rates to offer, tasks per second, one phase each.
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
-    pub rates: Vec<u32>,
-    /// Length of the saturation window, seconds (0: no saturation phase).
-    #[arg(long, default_value_t = 15)]
-    pub saturation_seconds: u64,
-    /// Tasks outstanding (published, result not yet received) during
-    /// saturation.
-    #[arg(long, default_value_t = 2000)]
-    pub saturation_in_flight: usize,
-    /// Warm-up before each window, seconds.
-    #[arg(long, default_value_t = 3)]
-    pub warmup: u64,
+    #[command(flatten)]
+    pub phases: infra::PhaseArgs,
     /// After each window, how long to wait at most for the results still
     /// outstanding, seconds.
     #[arg(long, default_value_t = 10)]
@@ -473,10 +459,14 @@ impl Committer {
 
 /// Runs the baseline end to end, cleaning up whatever happens.
 pub async fn run(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
-    if args.seconds == 0 || args.batch == 0 || args.worker_in_flight == 0 || args.max_rows == 0 {
+    if args.phases.seconds == 0
+        || args.batch == 0
+        || args.worker_in_flight == 0
+        || args.max_rows == 0
+    {
         bail!("--seconds, --batch, --worker-in-flight and --max-rows must be positive");
     }
-    if args.rates.iter().all(|&r| r == 0) && args.saturation_seconds == 0 {
+    if args.phases.rates.iter().all(|&r| r == 0) && args.phases.saturation_seconds == 0 {
         bail!("nothing to run: no positive --rates and --saturation-seconds 0");
     }
     let mut rng = Rng::from_entropy();
@@ -508,7 +498,7 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
         subject_root: root.clone(),
         database: database.clone(),
         stream: stream_name.clone(),
-        warmup_seconds: args.warmup,
+        warmup_seconds: args.phases.warmup,
         pull_batch: args.batch,
         worker_in_flight: args.worker_in_flight,
         max_rows_per_commit: args.max_rows,
@@ -642,8 +632,9 @@ async fn measure(
     .id_of(|result| load::trailing_number(&result.subject))
     .cpu_groups(cpu_groups);
 
-    let warmup = Duration::from_secs(args.warmup);
+    let warmup = Duration::from_secs(args.phases.warmup);
     let mut specs: Vec<PhaseSpec> = args
+        .phases
         .rates
         .iter()
         .filter(|&&rate| rate > 0)
@@ -652,16 +643,16 @@ async fn measure(
                 format!("rate {rate}/s"),
                 rate,
                 warmup,
-                Duration::from_secs(args.seconds),
+                Duration::from_secs(args.phases.seconds),
             )
         })
         .collect();
-    if args.saturation_seconds > 0 {
+    if args.phases.saturation_seconds > 0 {
         specs.push(PhaseSpec::saturation(
             "saturation",
-            args.saturation_in_flight,
+            args.phases.saturation_in_flight,
             warmup,
-            Duration::from_secs(args.saturation_seconds),
+            Duration::from_secs(args.phases.saturation_seconds),
         ));
     }
     let mut phases = Vec::with_capacity(specs.len());
@@ -829,9 +820,9 @@ mod tests {
     #[test]
     fn default_arguments() {
         let args = BaselineArgs::default();
-        assert_eq!(args.rates, vec![1000, 5000, 10_000]);
-        assert_eq!(args.seconds, 10);
-        assert_eq!(args.saturation_seconds, 15);
+        assert_eq!(args.phases.rates, vec![1000, 5000, 10_000]);
+        assert_eq!(args.phases.seconds, 10);
+        assert_eq!(args.phases.saturation_seconds, 15);
         assert_eq!(args.batch, 500);
         assert_eq!(args.max_rows, 1000);
         assert_eq!(args.max_ack_pending, 20_000);

@@ -37,21 +37,8 @@ use crate::procfs;
 /// Options of `concord-bench dispatcher`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DispatcherArgs {
-    /// Length of each fixed-rate window, seconds.
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
-    /// Fixed rates for configuration `a`, tasks per second.
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
-    pub rates: Vec<u32>,
-    /// Length of each saturation window, seconds.
-    #[arg(long, default_value_t = 15)]
-    pub saturation_seconds: u64,
-    /// Tasks outstanding during saturation.
-    #[arg(long, default_value_t = 2000)]
-    pub saturation_in_flight: usize,
-    /// Warm-up before each window, seconds.
-    #[arg(long, default_value_t = 3)]
-    pub warmup: u64,
+    #[command(flatten)]
+    pub phases: infra::PhaseArgs,
     /// Registered agents of configuration `c`.
     #[arg(long, default_value_t = 10_000)]
     pub many_agents: usize,
@@ -160,11 +147,7 @@ pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
     } else {
         eprintln!("bench: dispatcher: the raw baseline first, same servers");
         let baseline_args = BaselineArgs {
-            seconds: args.seconds,
-            rates: args.rates.clone(),
-            saturation_seconds: args.saturation_seconds,
-            saturation_in_flight: args.saturation_in_flight,
-            warmup: args.warmup,
+            phases: args.phases.clone(),
             servers: args.servers.clone(),
             ..BaselineArgs::default()
         };
@@ -321,14 +304,15 @@ async fn measure(
         }
         groups
     };
-    let warmup = Duration::from_secs(args.warmup);
-    let saturation = || (args.saturation_seconds > 0).then(|| saturation_spec(args));
+    let warmup = Duration::from_secs(args.phases.warmup);
+    let saturation = || (args.phases.saturation_seconds > 0).then(|| saturation_spec(args));
     let wanted = |name: &str| args.configurations.iter().any(|c| c == name);
     let mut configurations = Vec::new();
     let mut repeats = Vec::new();
 
     // a: 10 agents on one connection, fixed rates then saturation.
     let mut specs: Vec<PhaseSpec> = args
+        .phases
         .rates
         .iter()
         .filter(|&&rate| rate > 0)
@@ -337,7 +321,7 @@ async fn measure(
                 format!("rate {rate}/s"),
                 rate,
                 warmup,
-                Duration::from_secs(args.seconds),
+                Duration::from_secs(args.phases.seconds),
             )
         })
         .collect();
@@ -365,10 +349,11 @@ async fn measure(
                 args.repeat
             );
             let baseline = baseline::run(&BaselineArgs {
-                rates: Vec::new(),
-                saturation_seconds: args.saturation_seconds.max(1),
-                saturation_in_flight: args.saturation_in_flight,
-                warmup: args.warmup,
+                phases: infra::PhaseArgs {
+                    rates: Vec::new(),
+                    saturation_seconds: args.phases.saturation_seconds.max(1),
+                    ..args.phases.clone()
+                },
                 servers: args.servers.clone(),
                 ..BaselineArgs::default()
             })
@@ -414,37 +399,34 @@ async fn measure(
         drop(responders);
     }
 
-    // c: 10,000 registered agents.
-    if wanted("c") && args.saturation_seconds > 0 {
-        let responders = agents(args, root, "c", args.many_agents, Layout::Shared).await?;
+    // c: 10,000 registered agents; b: 100 agents, 100 connections.
+    let saturation_only = [
+        (
+            "c",
+            args.many_agents,
+            Layout::Shared,
+            format!("{} agents, one connection", args.many_agents),
+        ),
+        (
+            "b",
+            100,
+            Layout::OwnConnections,
+            "100 agents, 100 connections".to_string(),
+        ),
+    ];
+    for (prefix, count, layout, name) in saturation_only {
+        if !wanted(prefix) || args.phases.saturation_seconds == 0 {
+            continue;
+        }
+        let responders = agents(args, root, prefix, count, layout).await?;
         configurations.push(
             configuration(
                 args,
                 root,
-                ("c", "c"),
-                &format!("{} agents, one connection", args.many_agents),
-                args.many_agents,
-                saturation().into_iter().collect(),
-                metrics_port,
-                dispatcher_pid,
-                &cpu_groups,
-            )
-            .await?,
-        );
-        drop(responders);
-    }
-
-    // b: 100 agents, 100 connections.
-    if wanted("b") && args.saturation_seconds > 0 {
-        let responders = agents(args, root, "b", 100, Layout::OwnConnections).await?;
-        configurations.push(
-            configuration(
-                args,
-                root,
-                ("b", "b"),
-                "100 agents, 100 connections",
-                100,
-                saturation().into_iter().collect(),
+                (prefix, prefix),
+                &name,
+                count,
+                vec![saturation_spec(args)],
                 metrics_port,
                 dispatcher_pid,
                 &cpu_groups,
@@ -497,9 +479,9 @@ async fn measure(
 fn saturation_spec(args: &DispatcherArgs) -> PhaseSpec {
     PhaseSpec::saturation(
         "saturation",
-        args.saturation_in_flight,
-        Duration::from_secs(args.warmup),
-        Duration::from_secs(args.saturation_seconds.max(1)),
+        args.phases.saturation_in_flight,
+        Duration::from_secs(args.phases.warmup),
+        Duration::from_secs(args.phases.saturation_seconds.max(1)),
     )
 }
 
@@ -803,7 +785,7 @@ impl DispatcherReport {
         let c = self
             .configurations
             .iter()
-            .filter(|c| !c.name.contains("connections"))
+            .filter(|c| c.agents > 10 && !c.name.contains("connections"))
             .max_by_key(|c| c.agents)
             .and_then(|c| saturation(&c.phases));
         if let (Some(concord), Some(baseline)) = (a, baseline_saturation) {

@@ -282,10 +282,10 @@ mod tests {
     #[test]
     fn every_benchmark_has_defaults() {
         let dispatcher: crate::dispatcher::DispatcherArgs = defaults();
-        assert_eq!(dispatcher.rates, [1000, 5000, 10000]);
+        assert_eq!(dispatcher.phases.rates, [1000, 5000, 10000]);
         assert!(!dispatcher.servers.nats_url.is_empty());
         let baseline: crate::baseline::BaselineArgs = defaults();
-        assert_eq!(baseline.seconds, 10);
+        assert_eq!(baseline.phases.seconds, 10);
         let registry: crate::registry::RegistryArgs = defaults();
         assert!(!registry.no_build);
     }
@@ -313,6 +313,28 @@ mod tests {
         }
         assert_eq!(a.tag().len(), 8);
     }
+}
+
+/// The phases of a load benchmark (the baseline and the dispatcher take these flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PhaseArgs {
+    /// Length of each fixed-rate measurement window, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Fixed rates to offer, tasks per second, one phase each (the
+    /// dispatcher: configuration `a`).
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    pub rates: Vec<u32>,
+    /// Length of each saturation window, seconds (0: no saturation phase).
+    #[arg(long, default_value_t = 15)]
+    pub saturation_seconds: u64,
+    /// Tasks outstanding (published, result not yet received) during
+    /// saturation.
+    #[arg(long, default_value_t = 2000)]
+    pub saturation_in_flight: usize,
+    /// Warm-up before each window, seconds.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
 }
 
 /// The servers a benchmark runs against (every benchmark takes these flags).
