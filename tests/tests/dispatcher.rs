@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
+use concord_dispatcher::DispatcherConfig;
 use concord_dispatcher::projection::{from_wire_value, wire_json};
+use concord_dispatcher::routing::RoutingWeights;
 use concord_echo_agent::EchoAgent;
 use concord_store::DeadLetterFilter;
 use concord_tests::stack::{Stack, WAIT, test_config};
@@ -161,6 +163,22 @@ async fn tasks_run_replies_with_the_result_or_why_not() {
     assert_eq!(output(&reply), json!([1, 2, 3]));
     assert!(!reply.task_id.is_empty(), "an id is assigned");
 
+    // The same id again (inside the stream's duplicate window): the stored
+    // outcome, at once, and the task does not run a second time.
+    let body = json!({"id": "t-run-again", "capability": "echo", "payload": "x"});
+    let first = stack.run(&body).await.unwrap();
+    let again = stack.run(&body).await.unwrap();
+    assert_eq!(wire_json(&again), wire_json(&first));
+    let assigned = stack
+        .store
+        .history("t-run-again")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.event_type == "task.assigned")
+        .count();
+    assert_eq!(assigned, 1);
+
     // Invalid: an error naming the field, and a dead letter.
     let error = stack
         .run(&json!({"capability": "echo", "strategy": "FASTEST"}))
@@ -287,6 +305,54 @@ async fn failed_attempts_are_retried_on_another_agent() {
     assert!(
         failed_then_retried > 6,
         "at least one task went through a retry"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn weighted_routing_learns_which_agent_answers() {
+    // Only the performance part of the score counts, so that nothing but
+    // what the dispatcher saw tells the two agents apart.
+    let mut stack = Stack::start(DispatcherConfig {
+        weights: RoutingWeights::new(1.0, 0.0, 0.0, 0.0).unwrap(),
+        ..test_config()
+    })
+    .await;
+    let failing = ChaosAgent::new(ChaosConfig {
+        capability: "learn".into(),
+        failure_rate: 1.0,
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    let fine = ChaosAgent::new(ChaosConfig {
+        capability: "learn".into(),
+        ..ChaosConfig::default()
+    })
+    .unwrap();
+    // Equal scores are broken by id: without history, a-failing goes first.
+    stack.agent("a-failing", failing, 4).await;
+    stack.agent("b-fine", fine, 4).await;
+    for i in 0..8 {
+        let result = stack
+            .run(&json!({"id": format!("t-learn-{i}"), "capability": "learn", "payload": i, "strategy": "WEIGHTED"}))
+            .await
+            .unwrap();
+        assert_eq!(result.agent_id, "b-fine");
+    }
+    let mut attempts_on_failing = 0;
+    for i in 0..8 {
+        let history = stack.store.history(&format!("t-learn-{i}")).await.unwrap();
+        attempts_on_failing += history
+            .iter()
+            .filter(|e| e.event_type == "task.assigned")
+            .filter(|e| e.data["agentId"] == "a-failing")
+            .count();
+    }
+    // Without performance figures every tie would go to a-failing until
+    // its breaker opened (5 failures).
+    assert_eq!(
+        attempts_on_failing, 1,
+        "one failure is enough to prefer the agent that answers"
     );
     stack.stop().await;
 }

@@ -73,8 +73,10 @@ impl Loads {
         }
     }
 
-    /// The candidate for `agent`: heartbeat capacity and health when one was
-    /// seen, in-flight = own attempts + others' from the heartbeat.
+    /// The candidate for `agent`: heartbeat capacity and health (when
+    /// reported) if one was seen, in-flight = own attempts + others' from the
+    /// heartbeat. Heartbeats reach the dispatcher directly, so they are
+    /// fresher than the registry's record.
     fn candidate<'a>(
         agent: &'a AgentRecord,
         inner: &HashMap<String, Load>,
@@ -86,6 +88,9 @@ impl Loads {
             Some(load) => {
                 candidate.in_flight = own + load.others;
                 candidate.capacity = load.capacity;
+                if load.health != AgentHealth::Unspecified {
+                    candidate.health = load.health;
+                }
             }
             None => candidate.in_flight = own,
         }
@@ -170,6 +175,29 @@ mod tests {
         assert_eq!(candidate.in_flight, 1 + 3);
         assert_eq!(candidate.capacity, 8, "the heartbeat's capacity wins");
         assert_eq!(loads.own("a"), 1);
+    }
+
+    #[test]
+    fn a_reported_heartbeat_health_overrides_the_record() {
+        let loads = Loads::default();
+        let mut record = agent("h", 4);
+        record.health = AgentHealth::Healthy as i32;
+        let beat = |health: AgentHealth| Heartbeat {
+            agent_id: "h".into(),
+            capacity: 4,
+            health: health as i32,
+            ..Default::default()
+        };
+        let candidate_now = |loads: &Loads| {
+            let inner = loads.inner.lock().unwrap().clone();
+            let own = loads.own.lock().unwrap().clone();
+            Loads::candidate(&record, &inner, &own).health
+        };
+        loads.heartbeat(&beat(AgentHealth::Unhealthy));
+        assert_eq!(candidate_now(&loads), AgentHealth::Unhealthy);
+        // A heartbeat that does not report health leaves the record's.
+        loads.heartbeat(&beat(AgentHealth::Unspecified));
+        assert_eq!(candidate_now(&loads), AgentHealth::Healthy);
     }
 
     #[test]

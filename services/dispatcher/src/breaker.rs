@@ -329,6 +329,11 @@ impl Breakers {
         self.breakers.remove(agent_id);
     }
 
+    /// Keeps only the breakers of agents for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.breakers.retain(|agent, _| keep(agent));
+    }
+
     /// How many agents have a breaker that is not Closed-with-no-failures.
     pub fn tracked(&self) -> usize {
         self.breakers.len()

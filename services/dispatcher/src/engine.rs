@@ -40,6 +40,7 @@ use crate::breaker::Breakers;
 use crate::config::DispatcherConfig;
 use crate::known_ids::{Bloom, KnownIds};
 use crate::metrics::Metrics;
+use crate::performance::Performance;
 use crate::projection::{AGGREGATE, TaskEvent, TaskView};
 use crate::routing::{PriorityQueue, Router};
 use crate::store::{TaskStore, TaskWrite};
@@ -53,6 +54,9 @@ pub use intake::Intake;
 pub const REPLAYED_HEADER: &str = "Concord-Replayed";
 /// Header `concord dlq replay` sets: the dead letter a submission replays.
 pub const REPLAY_OF_HEADER: &str = "Concord-Replay-Of";
+
+/// How often agents that left the directory are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Requests the endpoints hand to the engine.
 pub enum Command {
@@ -116,6 +120,8 @@ struct Run {
     agents: Vec<(String, Option<AgentOutput>)>,
     lease: Duration,
     lease_deadline: Instant,
+    /// When it was sent (for the agents' performance).
+    sent_at: Instant,
 }
 
 /// A submission this replica holds.
@@ -171,6 +177,9 @@ pub struct Engine {
     metrics: Metrics,
     router: Router,
     breakers: Breakers,
+    performance: Performance,
+    /// When agents that left the directory were last forgotten.
+    pruned_at: Instant,
     tasks: HashMap<String, Held>,
     /// Untargeted tasks ready for an agent, per capability.
     queues: HashMap<String, PriorityQueue<String>>,
@@ -229,6 +238,8 @@ impl Engine {
             metrics: parts.metrics,
             router,
             breakers,
+            performance: Performance::default(),
+            pruned_at: Instant::now(),
             tasks: HashMap::new(),
             queues: HashMap::new(),
             targeted: BTreeMap::new(),
@@ -430,10 +441,23 @@ impl Engine {
             }
         }
         self.targeted_dirty |= !self.targeted.is_empty();
+        if self.pruned_at.elapsed() >= PRUNE_EVERY {
+            self.forget_departed_agents();
+        }
         self.metrics.queued.set(
             self.queues.values().map(|q| q.len()).sum::<usize>() as i64
                 + self.targeted.len() as i64,
         );
+    }
+
+    /// Drops the performance figures and breakers of agents no longer in the
+    /// directory, so that their memory is bounded by the live fleet.
+    fn forget_departed_agents(&mut self) {
+        self.pruned_at = Instant::now();
+        let directory = self.directory.read().expect("directory lock");
+        self.performance
+            .retain(|agent| directory.get(agent).is_some());
+        self.breakers.retain(|agent| directory.get(agent).is_some());
     }
 
     /// Starts loading the known-ids filter from the store (`forget`: drop

@@ -29,6 +29,7 @@ pub mod endpoints;
 pub mod engine;
 pub mod known_ids;
 pub mod metrics;
+pub mod performance;
 pub mod projection;
 pub mod routing;
 pub mod store;

@@ -18,6 +18,7 @@ use super::intake::headers_of;
 use super::{Engine, Phase, Timer};
 use crate::backoff::{retry_delay, should_retry};
 use crate::metrics::Stage;
+use crate::performance::Sample;
 use crate::projection::{Finality, TaskEvent, from_wire_value, reason};
 use crate::writer::Written;
 
@@ -104,6 +105,13 @@ impl Engine {
         self.loads.adjust_own(&agent_id, -1);
         self.dirty.insert(held.spec.capability.clone());
         self.targeted_dirty = true;
+        match &outcome {
+            Ok(_) => self
+                .performance
+                .record(&agent_id, Sample::Output(run.sent_at.elapsed())),
+            Err(error) if error.retryable => self.performance.record(&agent_id, Sample::Failed),
+            Err(_) => {}
+        }
         match &outcome {
             Ok(_) => {
                 self.breakers.record_success(&agent_id, now_ms);

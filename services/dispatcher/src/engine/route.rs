@@ -189,6 +189,7 @@ impl Engine {
         let avoid = &held.avoid;
         let now_ms = self.now_ms();
         let breakers = &self.breakers;
+        let performance = &self.performance;
         let router = &mut self.router;
         let window_start = self.windows.get(&spec.capability).cloned();
         let mut window_end: Option<String> = None;
@@ -218,6 +219,7 @@ impl Engine {
             |mut candidates| {
                 for candidate in &mut candidates {
                     candidate.breaker_open = breakers.is_open(candidate.id(), now_ms);
+                    candidate.performance = performance.score(candidate.id());
                 }
                 if !avoid.is_empty() {
                     let fresh: Vec<Candidate<'_>> = candidates
@@ -306,6 +308,7 @@ impl Engine {
             agents: agents.iter().map(|agent| (agent.clone(), None)).collect(),
             lease,
             lease_deadline: deadline,
+            sent_at: Instant::now(),
         });
         self.record(
             task_id,

@@ -17,20 +17,27 @@ pub struct Candidate<'a> {
     /// Tasks it may run at once (its `max_concurrency`, or less if its
     /// heartbeat says so). Zero means it takes nothing.
     pub capacity: u32,
-    /// Recent performance from 0 to 1 (for example a blend of success rate
-    /// and latency); [`Candidate::DEFAULT_PERFORMANCE`] when unknown.
+    /// Recent performance from 0 to 1 (the dispatcher's blend of answers,
+    /// failures and speed, see `crate::performance`);
+    /// [`Candidate::DEFAULT_PERFORMANCE`] when unknown.
     pub performance: f64,
     /// Its circuit breaker forbids new attempts now (see `Breakers::is_open`).
     pub breaker_open: bool,
+    /// Its own view of its health: the registry record's, or a fresher
+    /// heartbeat's.
+    pub health: AgentHealth,
 }
 
 impl<'a> Candidate<'a> {
-    /// Performance assumed for an agent with no history.
-    pub const DEFAULT_PERFORMANCE: f64 = 0.5;
+    /// Performance assumed for an agent with no history: the best, so that
+    /// a new agent is tried before agents known to be slower or failing.
+    pub const DEFAULT_PERFORMANCE: f64 = 1.0;
 
-    /// A candidate from its record alone: heartbeat load, `max_concurrency`
-    /// as capacity (0 read as 1, as the schema says), default performance,
-    /// breaker closed. Adjust the public fields with what the dispatcher knows.
+    /// A candidate from its record alone: heartbeat load and health,
+    /// `max_concurrency` as capacity (0 read as 1, as the schema says),
+    /// default performance, breaker closed. Adjust the public fields with
+    /// what the dispatcher knows. Unknown health values (a newer schema)
+    /// read as "not reported".
     pub fn new(agent: &'a AgentRecord) -> Self {
         Self {
             agent,
@@ -38,6 +45,7 @@ impl<'a> Candidate<'a> {
             capacity: agent.max_concurrency.max(1),
             performance: Self::DEFAULT_PERFORMANCE,
             breaker_open: false,
+            health: AgentHealth::try_from(agent.health).unwrap_or(AgentHealth::Unspecified),
         }
     }
 
@@ -69,8 +77,7 @@ impl<'a> Candidate<'a> {
         if liveness != Liveness::Alive {
             return Err(Ineligible::NotAlive(liveness));
         }
-        // Unknown values (a newer schema) read as "not reported".
-        let health = AgentHealth::try_from(self.agent.health).unwrap_or(AgentHealth::Unspecified);
+        let health = self.health;
         if health == AgentHealth::Unhealthy {
             return Err(Ineligible::Unhealthy);
         }

@@ -509,6 +509,7 @@ fn scored_fleet() -> Vec<AgentRecord> {
 
 fn scored_candidates(records: &[AgentRecord]) -> Vec<Candidate<'_>> {
     let mut all = candidates(records);
+    all[0].performance = 0.5;
     all[1].performance = 0.9;
     all[2].in_flight = 3;
     all[2].performance = 0.6;
