@@ -36,7 +36,7 @@ pub struct TaskWrite {
 const UPSERT: &str = "\
 with input as (
     select * from unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::int4[],
-                         $7::text[], $8::text[]::jsonb[], $9::text[]::jsonb[], $10::int8[], $11::timestamptz[],
+                         $7::text[], $8::text[]::json[], $9::text[]::json[], $10::int8[], $11::timestamptz[],
                          $12::timestamptz[], $13::timestamptz[], $14::int8[])
         as i(task_id, capability, status, priority, correlation_id, attempts, agent_id, spec,
              result, last_sequence, submitted_at, updated_at, completed_at, expected)
