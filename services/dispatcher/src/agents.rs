@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::Subscriber;
 use concord_directory::SharedDirectory;
@@ -14,12 +15,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::routing::Candidate;
 
+/// How long a heartbeat's count of other senders' tasks is believed. The
+/// count is a difference taken when the heartbeat arrives (the agent's
+/// in-flight minus this replica's own attempts there), so it is skewed by
+/// whatever was in transit; with long heartbeat intervals a stale figure
+/// would make an idle agent look busy until the next heartbeat.
+pub const OTHERS_FRESH_FOR: Duration = Duration::from_secs(3);
+
 /// An agent's latest heartbeat, as far as routing cares.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
     /// Tasks it runs that this replica did not send (other replicas, or
-    /// attempts this replica already gave up on).
+    /// attempts this replica already gave up on), as of `seen`.
     pub others: u32,
+    /// When the heartbeat arrived.
+    pub seen: Instant,
     /// Tasks it accepts at once (0 while shutting down).
     pub capacity: u32,
     pub health: AgentHealth,
@@ -44,6 +54,7 @@ impl Loads {
             .unwrap_or(0);
         let load = Load {
             others: beat.in_flight.saturating_sub(own),
+            seen: Instant::now(),
             capacity: beat.capacity,
             health: AgentHealth::try_from(beat.health).unwrap_or(AgentHealth::Unspecified),
         };
@@ -75,18 +86,20 @@ impl Loads {
 
     /// The candidate for `agent`: heartbeat capacity and health (when
     /// reported) if one was seen, in-flight = own attempts + others' from the
-    /// heartbeat. Heartbeats reach the dispatcher directly, so they are
+    /// heartbeat (while fresh, see [`OTHERS_FRESH_FOR`]). Heartbeats reach the dispatcher directly, so they are
     /// fresher than the registry's record.
     fn candidate<'a>(
         agent: &'a AgentRecord,
         inner: &HashMap<String, Load>,
         own: &HashMap<String, u32>,
+        now: Instant,
     ) -> Candidate<'a> {
         let mut candidate = Candidate::new(agent);
         let own = own.get(&agent.id).copied().unwrap_or(0);
         match inner.get(&agent.id) {
             Some(load) => {
-                candidate.in_flight = own + load.others;
+                let fresh = now.saturating_duration_since(load.seen) < OTHERS_FRESH_FOR;
+                candidate.in_flight = own + if fresh { load.others } else { 0 };
                 candidate.capacity = load.capacity;
                 if load.health != AgentHealth::Unspecified {
                     candidate.health = load.health;
@@ -107,9 +120,10 @@ impl Loads {
         let directory = directory.read().expect("directory lock");
         let inner = self.inner.lock().expect("loads lock");
         let own = self.own.lock().expect("loads lock");
+        let now = Instant::now();
         let candidates: Vec<Candidate<'_>> = select(&directory)
             .into_iter()
-            .map(|agent| Self::candidate(agent, &inner, &own))
+            .map(|agent| Self::candidate(agent, &inner, &own, now))
             .collect();
         drop(own);
         drop(inner);
@@ -171,7 +185,7 @@ mod tests {
         let record = agent("a", 16);
         let inner = loads.inner.lock().unwrap().clone();
         let own = loads.own.lock().unwrap().clone();
-        let candidate = Loads::candidate(&record, &inner, &own);
+        let candidate = Loads::candidate(&record, &inner, &own, Instant::now());
         assert_eq!(candidate.in_flight, 1 + 3);
         assert_eq!(candidate.capacity, 8, "the heartbeat's capacity wins");
         assert_eq!(loads.own("a"), 1);
@@ -191,7 +205,7 @@ mod tests {
         let candidate_now = |loads: &Loads| {
             let inner = loads.inner.lock().unwrap().clone();
             let own = loads.own.lock().unwrap().clone();
-            Loads::candidate(&record, &inner, &own).health
+            Loads::candidate(&record, &inner, &own, Instant::now()).health
         };
         loads.heartbeat(&beat(AgentHealth::Unhealthy));
         assert_eq!(candidate_now(&loads), AgentHealth::Unhealthy);
@@ -201,9 +215,31 @@ mod tests {
     }
 
     #[test]
+    fn others_load_from_an_old_heartbeat_is_not_believed() {
+        let loads = Loads::default();
+        // The agent reports 4 running, none of them ours (as far as we know
+        // when the heartbeat arrives): 4 belong to others, for a while.
+        loads.heartbeat(&Heartbeat {
+            agent_id: "s".into(),
+            in_flight: 4,
+            capacity: 4,
+            ..Default::default()
+        });
+        let record = agent("s", 4);
+        let inner = loads.inner.lock().unwrap().clone();
+        let seen = inner["s"].seen;
+        let own = HashMap::new();
+        let fresh = Loads::candidate(&record, &inner, &own, seen + Duration::from_secs(1));
+        assert_eq!(fresh.in_flight, 4, "a fresh heartbeat counts");
+        let stale = Loads::candidate(&record, &inner, &own, seen + OTHERS_FRESH_FOR);
+        assert_eq!(stale.in_flight, 0, "an old one no longer blocks the agent");
+        assert_eq!(stale.capacity, 4, "its capacity still counts");
+    }
+
+    #[test]
     fn without_a_heartbeat_the_record_decides() {
         let record = agent("b", 4);
-        let candidate = Loads::candidate(&record, &HashMap::new(), &HashMap::new());
+        let candidate = Loads::candidate(&record, &HashMap::new(), &HashMap::new(), Instant::now());
         assert_eq!(candidate.in_flight, 0);
         assert_eq!(candidate.capacity, 4);
     }
