@@ -267,20 +267,23 @@ async fn the_same_submission_twice_is_one_task_inside_and_beyond_the_dedupe_wind
     stack.stop().await;
 }
 
+/// Two chaos agents for `capability`: one that always fails (retryably), one that always answers.
+fn failing_and_fine(capability: &str) -> (ChaosAgent, ChaosAgent) {
+    let agent = |failure_rate| {
+        ChaosAgent::new(ChaosConfig {
+            capability: capability.into(),
+            failure_rate,
+            ..ChaosConfig::default()
+        })
+        .unwrap()
+    };
+    (agent(1.0), agent(0.0))
+}
+
 #[tokio::test]
 async fn failed_attempts_are_retried_on_another_agent() {
     let mut stack = Stack::start(test_config()).await;
-    let failing = ChaosAgent::new(ChaosConfig {
-        capability: "work".into(),
-        failure_rate: 1.0,
-        ..ChaosConfig::default()
-    })
-    .unwrap();
-    let fine = ChaosAgent::new(ChaosConfig {
-        capability: "work".into(),
-        ..ChaosConfig::default()
-    })
-    .unwrap();
+    let (failing, fine) = failing_and_fine("work");
     stack.agent("a-failing", failing, 4).await;
     stack.agent("b-fine", fine, 4).await;
     // DIRECT is not used: whichever agent goes first, a failure moves the
@@ -318,17 +321,7 @@ async fn weighted_routing_learns_which_agent_answers() {
         ..test_config()
     })
     .await;
-    let failing = ChaosAgent::new(ChaosConfig {
-        capability: "learn".into(),
-        failure_rate: 1.0,
-        ..ChaosConfig::default()
-    })
-    .unwrap();
-    let fine = ChaosAgent::new(ChaosConfig {
-        capability: "learn".into(),
-        ..ChaosConfig::default()
-    })
-    .unwrap();
+    let (failing, fine) = failing_and_fine("learn");
     // Equal scores are broken by id: without history, a-failing goes first.
     stack.agent("a-failing", failing, 4).await;
     stack.agent("b-fine", fine, 4).await;

@@ -105,19 +105,18 @@ impl Engine {
         self.loads.adjust_own(&agent_id, -1);
         self.dirty.insert(held.spec.capability.clone());
         self.targeted_dirty = true;
-        match &outcome {
-            Ok(_) => self
-                .performance
-                .record(&agent_id, Sample::Output(run.sent_at.elapsed())),
-            Err(error) if error.retryable => self.performance.record(&agent_id, Sample::Failed),
-            Err(_) => {}
-        }
+        let took = run.sent_at.elapsed();
         match &outcome {
             Ok(_) => {
                 self.breakers.record_success(&agent_id, now_ms);
+                self.performance.record(&agent_id, Sample::Output(took));
             }
             Err(error) => {
                 self.breakers.record_failure(&agent_id, now_ms);
+                // A non-retryable error is the task's, not the agent's.
+                if error.retryable {
+                    self.performance.record(&agent_id, Sample::Failed);
+                }
                 self.record(
                     task_id,
                     TaskEvent::Failed {
