@@ -16,8 +16,9 @@
 //!   show it does not grow per completed task).
 //!
 //! Agents are registered with a 60 s heartbeat interval (the registry is
-//! started with `CONCORD_HEARTBEAT_INTERVAL=60`), so no heartbeat traffic
-//! runs during the measurement.
+//! started with `CONCORD_HEARTBEAT_INTERVAL=60`), so heartbeat traffic is a
+//! trickle during the measurement: each agent sends one heartbeat a minute,
+//! spread evenly, which keeps it ALIVE however long the run lasts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -179,7 +180,10 @@ pub async fn run(args: &DispatcherArgs) -> anyhow::Result<DispatcherReport> {
         let registry = ServiceProcess::spawn(
             "concord-registry",
             &common(&[
-                ("CONCORD_HEARTBEAT_INTERVAL", "60".into()),
+                (
+                    "CONCORD_HEARTBEAT_INTERVAL",
+                    HEARTBEAT_INTERVAL.as_secs().to_string(),
+                ),
                 ("CONCORD_METRICS_ADDR", "127.0.0.1:0".into()),
             ]),
             &["OTEL_EXPORTER_OTLP_ENDPOINT"],
@@ -591,6 +595,12 @@ async fn configuration(
     })
 }
 
+/// The bench registry's heartbeat interval: long, so heartbeats cost
+/// nothing measurable, but kept, so agents stay ALIVE (three missed
+/// intervals would make them SUSPECT and the dispatcher would stop routing
+/// to them three minutes into a run).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+
 enum Layout {
     /// One connection answers every agent's subject.
     Shared,
@@ -599,14 +609,15 @@ enum Layout {
 }
 
 /// Registers `count` agents with capability `bench-<prefix>` and answers
-/// their assignments at once; dropping the result stops the responders.
+/// their assignments at once; dropping the result stops the responders
+/// and their heartbeats.
 async fn agents(
     args: &DispatcherArgs,
     root: &str,
     prefix: &str,
     count: usize,
     layout: Layout,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<Agents> {
     eprintln!("bench: registering {count} agents for bench-{prefix}");
     let register = infra::connect(&args.servers.nats_url, "concord-bench-register").await?;
     let ids: Vec<String> = (0..count).map(|n| format!("{prefix}{n:05}")).collect();
@@ -660,10 +671,61 @@ async fn agents(
         done?;
     }
     let _ = register.drain().await;
+    handles.push(tokio::spawn(heartbeat(
+        infra::connect(&args.servers.nats_url, "concord-bench-heartbeats").await?,
+        format!("{root}.registry.heartbeat"),
+        ids,
+    )));
     // The dispatcher's copy of the directory follows the KV bucket; let
     // the registrations' writes settle before measuring.
     tokio::time::sleep(Duration::from_secs(2 + count as u64 / 2000)).await;
-    Ok(handles)
+    Ok(Agents(handles))
+}
+
+/// The tasks standing in for a configuration's agents; aborted on drop.
+struct Agents(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+/// Sends every agent's heartbeat once per [`HEARTBEAT_INTERVAL`], spread
+/// evenly over it in ticks of 100 ms, as independent agents would.
+async fn heartbeat(client: Client, subject: String, ids: Vec<String>) {
+    const TICK: Duration = Duration::from_millis(100);
+    let ticks = (HEARTBEAT_INTERVAL.as_millis() / TICK.as_millis()) as usize;
+    let per_tick = ids.len().div_ceil(ticks);
+    let mut timer = tokio::time::interval(TICK);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    for chunk in ids.chunks(per_tick).cycle() {
+        timer.tick().await;
+        let sends = chunk.iter().map(|id| {
+            let mut headers = HeaderMap::new();
+            headers.insert("Content-Type", "application/json");
+            let body =
+                format!(r#"{{"agentId":"{id}","inFlight":0,"capacity":1000,"health":"HEALTHY"}}"#);
+            client.request_with_headers(subject.clone(), headers, Bytes::from(body))
+        });
+        for reply in futures::future::join_all(sends).await {
+            let refused = match &reply {
+                Ok(reply) => reply
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Concord-Error-Code"))
+                    .is_some(),
+                Err(_) => true,
+            };
+            if refused && !warned {
+                warned = true;
+                eprintln!("bench: warning: a heartbeat failed: {reply:?}");
+            }
+        }
+    }
 }
 
 /// A no-op agent: answers every assignment with a constant output.
