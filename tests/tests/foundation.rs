@@ -448,3 +448,74 @@ async fn bad_configuration_fails_with_one_line_saying_what_to_fix() -> anyhow::R
     assert!(error.contains("--metrics-addr"), "{error}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_sibling_without_echo_gets_only_other_connections_messages() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let context = world.context(&TEST_SERVICE).await?;
+    let main = context.bus.client.clone();
+    let subject = context.bus.subjects.event("widget", "changed");
+
+    // Until `subscriber` hears from the main connection, its subscription
+    // may not be in place at the server yet (a flush is not a round trip).
+    async fn until_subscribed(
+        main: &async_nats::Client,
+        subject: &str,
+        subscriber: &mut async_nats::Subscriber,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            main.publish(subject.to_string(), "ping".into()).await?;
+            main.flush().await?;
+            if let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(100), subscriber.next()).await
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "never subscribed");
+        }
+    }
+    /// Payloads received until `last` (inclusive), pings left out.
+    async fn until(
+        subscriber: &mut async_nats::Subscriber,
+        last: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut seen = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), subscriber.next())
+                .await?
+                .unwrap();
+            let payload = String::from_utf8(message.payload.to_vec())?;
+            if payload != "ping" {
+                seen.push(payload.clone());
+            }
+            if payload == last {
+                return Ok(seen);
+            }
+        }
+    }
+
+    // Without echo: its own message never arrives, the main connection's do.
+    let quiet = context.bus.sibling("events", false).await?;
+    let mut heard = quiet.client.subscribe(subject.clone()).await?;
+    until_subscribed(&main, &subject, &mut heard).await?;
+    quiet.client.publish(subject.clone(), "own".into()).await?;
+    quiet.client.flush().await?;
+    main.publish(subject.clone(), "other".into()).await?;
+    assert_eq!(until(&mut heard, "other").await?, ["other"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), heard.next())
+            .await
+            .is_err(),
+        "its own message must not arrive later either"
+    );
+
+    // With echo: its own message arrives.
+    let loud = context.bus.sibling("loud", true).await?;
+    let mut both = loud.client.subscribe(subject.clone()).await?;
+    until_subscribed(&main, &subject, &mut both).await?;
+    loud.client.publish(subject.clone(), "own".into()).await?;
+    assert_eq!(until(&mut both, "own").await?, ["own"]);
+    context.close().await;
+    Ok(())
+}

@@ -85,6 +85,9 @@ pub struct Inputs {
 pub struct Parts {
     pub config: DispatcherConfig,
     pub bus: Bus,
+    /// The no-echo connection the writer publishes events on; results go
+    /// out on it too, so they follow their task's events.
+    pub feed: Bus,
     pub events: EventPublisher,
     pub store: TaskStore,
     pub directory: SharedDirectory,
@@ -166,6 +169,8 @@ type KnownLoad = (u64, anyhow::Result<Bloom>);
 pub struct Engine {
     config: DispatcherConfig,
     bus: Bus,
+    /// Events' and results' connection (see [`Parts::feed`]).
+    feed: Bus,
     events: EventPublisher,
     store: TaskStore,
     directory: SharedDirectory,
@@ -227,6 +232,7 @@ impl Engine {
         Ok(Self {
             config: parts.config,
             bus: parts.bus,
+            feed: parts.feed,
             events: parts.events,
             store: parts.store,
             directory: parts.directory,

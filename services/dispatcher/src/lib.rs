@@ -90,6 +90,12 @@ pub async fn build_with(
         stop.clone(),
     ));
 
+    // A second connection, without echo, carries what must reach others in
+    // order (a task's events, then its result) and the feed of the other
+    // replicas' new task ids: the server does not send this replica its own
+    // `task.submitted` events back.
+    let feed = bus.sibling("events", false).await?;
+
     // The writer outlives the engine: it drains what the engine hands it.
     let (write_tx, write_rx) = mpsc::unbounded_channel();
     let (written_tx, written_rx) = mpsc::unbounded_channel();
@@ -97,18 +103,22 @@ pub async fn build_with(
     {
         let store = store.clone();
         let dead_letters = store.dead_letters();
-        let events = context.events.clone();
+        let feed = feed.clone();
         let writer_metrics = writer::WriterMetrics::register(&context.metrics);
         let writer_stop = writer_stop.clone();
-        service.spawn_background(writer::run(
-            store,
-            dead_letters,
-            events,
-            write_rx,
-            written_tx,
-            writer_stop,
-            writer_metrics,
-        ));
+        service.spawn_background(async move {
+            writer::run(
+                store,
+                dead_letters,
+                &feed,
+                write_rx,
+                written_tx,
+                writer_stop,
+                writer_metrics,
+            )
+            .await;
+            let _ = feed.client.flush().await;
+        });
     }
 
     let inbox = bus.client.new_inbox();
@@ -118,9 +128,9 @@ pub async fn build_with(
         .subscribe(bus.subjects.join("tasks.progress.*"))
         .await?;
     // Other replicas' new task ids, for the known-ids filter.
-    let known_feed = bus
+    let known_feed = feed
         .client
-        .subscribe(bus.subjects.event("task", "submitted"))
+        .subscribe(feed.subjects.event("task", "submitted"))
         .await?;
     let (command_tx, command_rx) = mpsc::channel(1024);
     let holder = bus
@@ -147,6 +157,7 @@ pub async fn build_with(
     let engine = engine::Engine::new(engine::Parts {
         config: config.clone(),
         bus: bus.clone(),
+        feed: feed.clone(),
         events: context.events.clone(),
         store: store.clone(),
         directory,
@@ -164,7 +175,7 @@ pub async fn build_with(
         replies,
         progress,
         known_feed,
-        connection: bus.connection_changes(),
+        connection: feed.connection_changes(),
     };
     let grace = context.shutdown_grace;
     // When the engine returns it drops the writer's sender: the writer
@@ -179,7 +190,10 @@ pub async fn build_with(
             writer_stop.cancel();
         }
     });
-    service.spawn_background(engine.run(inputs, stop, grace));
+    service.spawn_background(async move {
+        engine.run(inputs, stop, grace).await;
+        let _ = feed.client.flush().await;
+    });
 
     let endpoints = endpoints::Endpoints {
         bus: bus.clone(),

@@ -1,6 +1,7 @@
 //! The group-committing writer: task rows, task events and dead letters go
 //! to Postgres in batches (one transaction per batch: while one commits, the
-//! next accumulates), then the events are published on NATS and the engine
+//! next accumulates), then the events are published on NATS (on the
+//! connection the engine publishes results on, so they arrive first) and the engine
 //! is told which writes landed, so it can publish results and acknowledge
 //! submissions only once their outcome is durable.
 //!
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use concord_runtime::EventPublisher;
+use concord_bus::Bus;
 use concord_store::{DeadLetterStore, NewDeadLetter};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -92,7 +93,7 @@ const LANES: usize = 2;
 pub async fn run(
     store: TaskStore,
     dead_letters: DeadLetterStore,
-    events: EventPublisher,
+    events: &Bus,
     mut requests: mpsc::UnboundedReceiver<WriteRequest>,
     written: mpsc::UnboundedSender<Vec<Written>>,
     stop: CancellationToken,
@@ -146,7 +147,7 @@ pub async fn run(
                         owned,
                     });
                 }
-                events.publish_committed(&committed).await;
+                concord_runtime::publish_events(events, &committed).await;
                 if written.send(report).is_err() {
                     return;
                 }

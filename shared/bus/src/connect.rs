@@ -26,6 +26,9 @@ pub struct BusConfig {
     pub connect_timeout: Duration,
     /// Root of every Concord subject.
     pub subject_root: String,
+    /// The server does not deliver this connection's own messages back to
+    /// its subscriptions (`no_echo`).
+    pub no_echo: bool,
 }
 
 impl BusConfig {
@@ -40,6 +43,7 @@ impl BusConfig {
             require_tls: false,
             connect_timeout: Duration::from_secs(5),
             subject_root: Subjects::DEFAULT_ROOT.to_string(),
+            no_echo: false,
         }
     }
 
@@ -54,6 +58,7 @@ impl BusConfig {
             require_tls: args.require_tls,
             connect_timeout: Duration::from_secs(args.connect_timeout_secs),
             subject_root: args.subject_root.clone(),
+            no_echo: false,
         }
     }
 
@@ -87,6 +92,7 @@ pub enum ConnectError {
 pub struct Bus {
     pub client: Client,
     pub subjects: Subjects,
+    config: std::sync::Arc<BusConfig>,
     closed: tokio::sync::watch::Receiver<bool>,
     changes: tokio::sync::watch::Receiver<u64>,
 }
@@ -96,6 +102,18 @@ pub struct Bus {
 pub const NO_RESPONDERS_GRACE: Duration = Duration::from_millis(250);
 
 impl Bus {
+    /// A second connection with the same server, credentials, TLS and
+    /// subject root, named `<client name>-<purpose>`. With `echo` false the
+    /// server does not hand this connection its own messages: a service that
+    /// publishes on subjects it also subscribes to (a replica's events,
+    /// which other replicas follow) then receives only the others'.
+    pub async fn sibling(&self, purpose: &str, echo: bool) -> Result<Bus, ConnectError> {
+        let mut config = BusConfig::clone(&self.config);
+        config.client_name = format!("{}-{purpose}", config.client_name);
+        config.no_echo = !echo;
+        connect(&config).await
+    }
+
     /// Counts the connection's disconnects and reconnects: a receiver sees
     /// a change after each, so a consumer of core messages (at most once)
     /// knows when it may have missed some.
@@ -149,6 +167,9 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
     if let Some((cert, key)) = &config.tls_client {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
+    if config.no_echo {
+        options = options.no_echo();
+    }
     let name = config.client_name.clone();
     let (closed_tx, closed) = tokio::sync::watch::channel(false);
     let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
@@ -197,6 +218,7 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConnectError> {
     Ok(Bus {
         client,
         subjects,
+        config: std::sync::Arc::new(config.clone()),
         closed,
         changes,
     })

@@ -209,7 +209,9 @@ fn whole_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::U
 
 /// Publishes committed events as core NATS messages (cheap; the durable copy is
 /// in Postgres, replayable with `concord events replay`).
-async fn publish(bus: &Bus, events: &[NewEvent]) {
+/// Publishes stored events on `<root>.events.<aggregate>.<name>` over `bus`
+/// (core NATS, at most once; a failed publish is logged).
+pub async fn publish(bus: &Bus, events: &[NewEvent]) {
     for event in events {
         let subject = bus
             .subjects

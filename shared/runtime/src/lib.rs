@@ -32,5 +32,5 @@ mod service;
 
 pub use context::{ServiceContext, ServiceInfo, StartupError, run_service};
 pub use dead_letters::{REASON_INVALID_INPUT, StoreRejectSink};
-pub use events::{EmitError, EventPublisher, event_json};
+pub use events::{EmitError, EventPublisher, event_json, publish as publish_events};
 pub use service::Service;

@@ -173,7 +173,7 @@ impl Engine {
                         // Finished before: a duplicate submission, or our own
                         // redelivered after a crash between commit and ack.
                         self.metrics.duplicates.inc();
-                        publish_result(&self.bus, &view.result(), true).await;
+                        publish_result(&self.feed, &view.result(), true).await;
                         let _ = intake.message.ack().await;
                     }
                 }

@@ -482,7 +482,7 @@ impl Engine {
                     self.metrics.observe_stage(Stage::Commit, since.elapsed());
                 }
                 let result = held.view.result();
-                crate::endpoints::publish_result(&self.bus, &result, false).await;
+                crate::endpoints::publish_result(&self.feed, &result, false).await;
                 let _ = held.message.ack().await;
                 for waiter in held.waiters {
                     let _ = waiter.send(Some(result.clone()));
