@@ -273,7 +273,11 @@ pub fn event_json_bytes(event: &NewEvent) -> Vec<u8> {
         source: &event.source,
         trace_id: event.trace_id.as_deref(),
     };
-    serde_json::to_vec(&wire).expect("events always serialize")
+    // Room for the envelope and a typical body up front: growing from
+    // serde_json's default 128 bytes costs two or three reallocations.
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, &wire).expect("events always serialize");
+    out
 }
 
 /// The canonical JSON of the wire `Event` message for a stored event.

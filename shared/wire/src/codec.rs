@@ -227,6 +227,14 @@ pub fn encode<M: WireMessage>(ct: ContentType, msg: &M) -> Result<Vec<u8>, Encod
         ContentType::Json => {
             let mut out = Vec::with_capacity(msg.encoded_len() * 2);
             let mut ser = serde_json::Serializer::with_formatter(&mut out, WholeNumbers);
+            if serde::Serialize::serialize(msg, &mut ser).is_ok() {
+                return Ok(out);
+            }
+            // Rare (a float JSON cannot hold): serialize again, tracking the
+            // path this time, to name the field. Tracking it on every call
+            // would cost a good part of the encoding.
+            out.clear();
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, WholeNumbers);
             serde_path_to_error::serialize(msg, &mut ser).map_err(|err| EncodeError {
                 field: field_path(err.path()),
                 message: err.inner().to_string(),

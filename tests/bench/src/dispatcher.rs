@@ -284,6 +284,7 @@ async fn measure(
     wait_ready(control, root, dispatcher).await?;
     let rss_start = rss_mib(dispatcher.pid);
     let nats_pid = infra::url_port(&args.servers.nats_url).and_then(procfs::listener);
+    let postmaster = infra::postmaster(&args.servers.database_url).await;
     let dispatcher_pid = dispatcher.pid;
     let cpu_groups = move || {
         let mut groups = vec![
@@ -304,6 +305,12 @@ async fn measure(
             groups.push(CpuGroup {
                 name: "nats-server".into(),
                 pids: vec![pid],
+            });
+        }
+        if let Some(postmaster) = postmaster {
+            groups.push(CpuGroup {
+                name: "postgres".into(),
+                pids: procfs::postgres_family(postmaster),
             });
         }
         groups

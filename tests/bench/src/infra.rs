@@ -117,6 +117,20 @@ impl ScratchDatabase {
 }
 
 /// One connection to `url`, failing fast with a hint.
+/// The Postgres server's postmaster pid, found through a backend of ours
+/// (the server runs on this machine); `None` when it cannot be seen.
+pub async fn postmaster(url: &str) -> Option<u32> {
+    let mut admin = admin_connection(url).await.ok()?;
+    let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut admin)
+        .await
+        .ok()?;
+    // While the backend still runs.
+    let postmaster = crate::procfs::parent(backend as u32);
+    let _ = sqlx::Connection::close(admin).await;
+    postmaster
+}
+
 pub async fn admin_connection(url: &str) -> anyhow::Result<PgConnection> {
     tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(url))
         .await

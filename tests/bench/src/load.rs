@@ -433,6 +433,29 @@ pub fn markdown_table(phases: &[PhaseReport]) -> String {
                 .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
         ));
     }
+    out.push_str(&cpu_per_task(phases));
+    out
+}
+
+/// CPU time per completed task, by process, as a line per phase: what each
+/// part of the pipeline costs, steadier from run to run than throughput.
+pub fn cpu_per_task(phases: &[PhaseReport]) -> String {
+    let mut out = String::new();
+    for phase in phases {
+        if phase.completed_per_second <= 0.0 || phase.cpu_cores.is_empty() {
+            continue;
+        }
+        let parts: Vec<String> = phase
+            .cpu_cores
+            .iter()
+            .map(|(name, cores)| format!("{name} {:.0}", cores * 1e6 / phase.completed_per_second))
+            .collect();
+        out.push_str(&format!(
+            "\nCPU µs per task, {}: {}\n",
+            phase.name,
+            parts.join(", ")
+        ));
+    }
     out
 }
 
