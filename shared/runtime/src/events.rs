@@ -207,10 +207,10 @@ fn whole_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::U
     at - chrono::Duration::nanoseconds(i64::from(extra))
 }
 
-/// Publishes committed events as core NATS messages (cheap; the durable copy is
-/// in Postgres, replayable with `concord events replay`).
-/// Publishes stored events on `<root>.events.<aggregate>.<name>` over `bus`
-/// (core NATS, at most once; a failed publish is logged).
+/// Publishes committed events on `<root>.events.<aggregate>.<name>` over
+/// `bus` as core NATS messages (cheap, at most once, a failed publish is
+/// logged; the durable copy is in Postgres, replayable with `concord events
+/// replay`).
 pub async fn publish(bus: &Bus, events: &[NewEvent]) {
     for event in events {
         let subject = bus

@@ -479,13 +479,11 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<BaselineReport> {
     let control = infra::connect(&args.servers.nats_url, "concord-bench-baseline").await?;
     let nats_server_version = control.server_info().version;
     let mut admin = infra::admin_connection(&args.servers.database_url).await?;
-    let (postgres_version, backend): (String, i32) =
-        sqlx::query_as("select current_setting('server_version'), pg_backend_pid()")
-            .fetch_one(&mut admin)
-            .await?;
-    // While the backend still runs.
-    let postmaster = procfs::parent(backend as u32);
+    let postgres_version: String = sqlx::query_scalar("select current_setting('server_version')")
+        .fetch_one(&mut admin)
+        .await?;
     let _ = sqlx::Connection::close(admin).await;
+    let postmaster = infra::postmaster(&args.servers.database_url).await;
     let nats_pid = infra::url_port(&args.servers.nats_url).and_then(procfs::listener);
 
     eprintln!("bench: baseline, subject root {root}, stream {stream_name}, database {database}");
