@@ -368,7 +368,7 @@ fn to_wire_event(stored: &concord_store::StoredEvent) -> Result<Event, ServiceEr
         aggregate_id: stored.aggregate_id.clone(),
         sequence: stored.sequence,
         event_type: stored.event_type.clone(),
-        data: stored.data.clone(),
+        data: (&stored.data).into(),
         trace_id: stored.trace_id.clone(),
         source: stored.source.clone(),
         occurred_at: stored.occurred_at,

@@ -380,11 +380,11 @@ impl Engine {
             event.event_type(),
             event.data(),
         );
-        match &event {
+        match event {
             TaskEvent::Submitted { task } if held.view.last_sequence == 0 => {
-                held.view = TaskView::submitted(task.clone(), sequence, stored.occurred_at);
+                held.view = TaskView::submitted(task, sequence, stored.occurred_at);
             }
-            _ => held.view.apply(sequence, &event, stored.occurred_at),
+            event => held.view.apply(sequence, &event, stored.occurred_at),
         }
         if held.pending.is_empty() && !held.writing {
             self.deferred

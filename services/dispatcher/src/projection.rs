@@ -7,6 +7,7 @@
 //! so a projection rebuilt from the events equals the live one.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use concord_store::EventData;
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{AgentOutput, Task, TaskError, TaskResult, TaskStatus};
 use serde_json::{Value, json};
@@ -92,15 +93,34 @@ impl TaskEvent {
     }
 
     /// The event's `data` (camelCase JSON; wire messages in canonical JSON).
-    pub fn data(&self) -> Value {
+    ///
+    /// Written straight to text: the submitted task is the codec's own
+    /// JSON of it, and the other frequent events serialize without a
+    /// `serde_json::Value` in between.
+    pub fn data(&self) -> EventData {
         match self {
-            Self::Submitted { task } => json!({ "task": wire_json(task) }),
+            Self::Submitted { task } => {
+                let task = wire_text(task);
+                let mut text = String::with_capacity(SUBMITTED_PREFIX.len() + task.len() + 1);
+                text.push_str(SUBMITTED_PREFIX);
+                text.push_str(&task);
+                text.push('}');
+                EventData::from_text(text).expect("the codec writes valid JSON")
+            }
             Self::Assigned { attempt, agents } => {
-                let mut data = json!({ "attempt": attempt, "agentIds": agents });
-                if let Some(first) = agents.first() {
-                    data["agentId"] = first.clone().into();
+                #[derive(serde::Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Assigned<'a> {
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    agent_id: Option<&'a String>,
+                    agent_ids: &'a [String],
+                    attempt: u32,
                 }
-                data
+                serialized(&Assigned {
+                    agent_id: agents.first(),
+                    agent_ids: agents,
+                    attempt: *attempt,
+                })
             }
             Self::Progress {
                 attempt,
@@ -109,30 +129,47 @@ impl TaskEvent {
                 message,
             } => json!({
                 "attempt": attempt, "agentId": agent_id, "fraction": fraction, "message": message,
-            }),
+            })
+            .into(),
             Self::Failed {
                 attempt,
                 agent_id,
                 error,
-            } => json!({ "attempt": attempt, "agentId": agent_id, "error": wire_json(error) }),
+            } => {
+                json!({ "attempt": attempt, "agentId": agent_id, "error": wire_json(error) }).into()
+            }
             Self::Retried {
                 next_attempt,
                 delay_ms,
-            } => json!({ "nextAttempt": next_attempt, "delayMs": delay_ms }),
+            } => json!({ "nextAttempt": next_attempt, "delayMs": delay_ms }).into(),
             Self::Completed {
                 attempt,
                 agent_id,
                 output,
                 outputs,
             } => {
-                let mut data = json!({ "attempt": attempt, "agentId": agent_id });
-                if let Some(output) = output {
-                    data["output"] = output.clone();
+                #[derive(serde::Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Completed<'a> {
+                    agent_id: &'a str,
+                    attempt: u32,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    output: Option<&'a Value>,
+                    #[serde(skip_serializing_if = "Vec::is_empty")]
+                    outputs: Vec<EventData>,
                 }
-                if !outputs.is_empty() {
-                    data["outputs"] = outputs.iter().map(wire_json).collect();
-                }
-                data
+                let outputs = outputs
+                    .iter()
+                    .map(|output| {
+                        EventData::from_text(wire_text(output)).expect("the codec writes JSON")
+                    })
+                    .collect();
+                serialized(&Completed {
+                    agent_id,
+                    attempt: *attempt,
+                    output: output.as_ref(),
+                    outputs,
+                })
             }
             Self::DeadLettered {
                 reason,
@@ -140,9 +177,12 @@ impl TaskEvent {
                 dead_letter_id,
             } => json!({
                 "reason": reason, "error": wire_json(error), "deadLetterId": dead_letter_id,
-            }),
-            Self::Cancelled { reason } => json!({ "reason": reason }),
-            Self::Resubmitted { dead_letter_id } => json!({ "deadLetterId": dead_letter_id }),
+            })
+            .into(),
+            Self::Cancelled { reason } => json!({ "reason": reason }).into(),
+            Self::Resubmitted { dead_letter_id } => {
+                json!({ "deadLetterId": dead_letter_id }).into()
+            }
         }
     }
 
@@ -391,6 +431,25 @@ impl Finality for TaskStatus {
     }
 }
 
+/// How the data of a `task.submitted` event starts: the task follows, then `}`.
+const SUBMITTED_PREFIX: &str = r#"{"task":"#;
+
+/// The task's canonical JSON inside a `task.submitted` event's data, as
+/// [`TaskEvent::data`] writes it (`None` for any other text).
+pub fn submitted_task_text(data: &EventData) -> Option<&str> {
+    data.get().strip_prefix(SUBMITTED_PREFIX)?.strip_suffix('}')
+}
+
+fn serialized<T: serde::Serialize>(data: &T) -> EventData {
+    EventData::of(data).expect("task event data always serializes")
+}
+
+/// A wire message's canonical JSON as text.
+pub fn wire_text<M: codec::WireMessage>(message: &M) -> String {
+    let bytes = codec::encode(ContentType::Json, message).expect("wire messages encode as JSON");
+    String::from_utf8(bytes).expect("the codec writes UTF-8 JSON")
+}
+
 /// The canonical JSON of a wire message as a `serde_json::Value`, with whole
 /// numbers as integers (the codec's rule).
 pub fn wire_json<M: codec::WireMessage>(message: &M) -> Value {
@@ -500,6 +559,23 @@ mod tests {
                 output: Some(json!({"n": 1})),
                 outputs: vec![],
             },
+            TaskEvent::Completed {
+                attempt: 3,
+                agent_id: "a".into(),
+                output: None,
+                outputs: vec![
+                    AgentOutput {
+                        agent_id: "a".into(),
+                        output: Some(to_wire_value(json!({"n": 2, "f": 0.5}))),
+                        error: None,
+                    },
+                    AgentOutput {
+                        agent_id: "b".into(),
+                        output: None,
+                        error: Some(error.clone()),
+                    },
+                ],
+            },
             TaskEvent::DeadLettered {
                 reason: reason::MAX_ATTEMPTS.into(),
                 error,
@@ -517,9 +593,37 @@ mod tests {
     #[test]
     fn every_event_round_trips_through_its_stored_form() {
         for event in every_event() {
-            let parsed = TaskEvent::parse(event.event_type(), &event.data()).unwrap();
+            let parsed = TaskEvent::parse(event.event_type(), &event.data().to_value()).unwrap();
             assert_eq!(parsed, event);
         }
+    }
+
+    #[test]
+    fn stored_data_is_the_documented_json() {
+        let task = task();
+        let submitted = TaskEvent::Submitted { task: task.clone() }.data();
+        assert_eq!(submitted.to_value(), json!({ "task": wire_json(&task) }));
+        let text = submitted_task_text(&submitted).unwrap();
+        assert_eq!(text, wire_text(&task));
+        let assigned = TaskEvent::Assigned {
+            attempt: 2,
+            agents: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            assigned.data().to_value(),
+            json!({ "attempt": 2, "agentId": "a", "agentIds": ["a", "b"] })
+        );
+        let completed = TaskEvent::Completed {
+            attempt: 1,
+            agent_id: "a".into(),
+            output: Some(json!({"n": 1})),
+            outputs: Vec::new(),
+        };
+        assert_eq!(
+            completed.data().get(),
+            r#"{"agentId":"a","attempt":1,"output":{"n":1}}"#
+        );
+        assert_eq!(submitted_task_text(&assigned.data()), None);
     }
 
     #[test]

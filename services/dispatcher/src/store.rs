@@ -7,6 +7,7 @@
 //! submissions with the same id) exactly one records anything; the other
 //! learns it does not own the task.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -18,7 +19,9 @@ use sqlx::PgPool;
 use sqlx::types::Json;
 
 use crate::known_ids::Bloom;
-use crate::projection::{AGGREGATE, TaskEvent, TaskView, from_wire_json, from_wire_value};
+use crate::projection::{
+    AGGREGATE, TaskEvent, TaskView, from_wire_json, from_wire_value, submitted_task_text, wire_text,
+};
 
 /// One task's change: its new row and the events that lead to it.
 #[derive(Debug, Clone)]
@@ -308,8 +311,8 @@ struct Columns<'a> {
     correlations: Vec<&'a str>,
     attempts: Vec<i32>,
     agents: Vec<&'a str>,
-    /// Canonical JSON text (cast to jsonb by the statement).
-    specs: Vec<String>,
+    /// Canonical JSON text (cast to json by the statement).
+    specs: Vec<Cow<'a, str>>,
     results: Vec<String>,
     sequences: Vec<i64>,
     submitted: Vec<DateTime<Utc>>,
@@ -318,10 +321,11 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    /// `(view, expected sequence)` pairs; the spec is stored only with an
-    /// insert (expected 0), updates leave it.
-    fn of(rows: impl ExactSizeIterator<Item = (&'a TaskView, i64)>) -> Self {
-        let n = rows.len();
+    /// The rows of `writes`. The spec is stored only with an insert
+    /// (expected 0; updates leave it), taken from the write's
+    /// `task.submitted` event when it has one rather than encoded again.
+    fn of(writes: &[&'a TaskWrite]) -> Self {
+        let n = writes.len();
         let mut columns = Self {
             ids: Vec::with_capacity(n),
             capabilities: Vec::with_capacity(n),
@@ -337,7 +341,8 @@ impl<'a> Columns<'a> {
             updated: Vec::with_capacity(n),
             completed: Vec::with_capacity(n),
         };
-        for (view, expected) in rows {
+        for write in writes {
+            let (view, expected) = (&write.view, write.expected_sequence);
             columns.ids.push(&view.task_id);
             columns.capabilities.push(&view.task.capability);
             columns.statuses.push(view.status.as_str_name());
@@ -346,9 +351,14 @@ impl<'a> Columns<'a> {
             columns.attempts.push(view.attempts as i32);
             columns.agents.push(&view.agent_id);
             columns.specs.push(if expected == 0 {
-                wire_text(&view.task)
+                write
+                    .events
+                    .first()
+                    .filter(|event| event.sequence == 1 && event.event_type == "task.submitted")
+                    .and_then(|event| submitted_task_text(&event.data))
+                    .map_or_else(|| Cow::Owned(wire_text(&view.task)), Cow::Borrowed)
             } else {
-                "null".to_string()
+                Cow::Borrowed("null")
             });
             columns.results.push(wire_text(&view.result()));
             columns.sequences.push(view.last_sequence);
@@ -360,19 +370,12 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// A wire message's canonical JSON as text.
-fn wire_text<M: concord_wire::codec::WireMessage>(message: &M) -> String {
-    let bytes = concord_wire::codec::encode(concord_wire::codec::ContentType::Json, message)
-        .expect("wire messages encode as JSON");
-    String::from_utf8(bytes).expect("the codec writes UTF-8 JSON")
-}
-
 /// Rows and owned events of a batch in one statement; returns the owned task ids.
 async fn upsert<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     writes: &[&TaskWrite],
 ) -> Result<Vec<String>, StoreError> {
-    let columns = Columns::of(writes.iter().map(|w| (&w.view, w.expected_sequence)));
+    let columns = Columns::of(writes);
     let expected: Vec<i64> = writes.iter().map(|w| w.expected_sequence).collect();
     let events: Vec<&NewEvent> = writes.iter().flat_map(|w| w.events.iter()).collect();
     let events = EventColumns::of(&events);

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use concord_bus::Bus;
-use concord_store::{EventStore, NewEvent, StoreError};
+use concord_store::{EventData, EventStore, NewEvent, StoreError};
 use concord_telemetry::MetricsRegistry;
 use concord_wire::codec::ContentType;
 use prometheus_client::metrics::counter::Counter;
@@ -97,7 +97,7 @@ impl EventPublisher {
         aggregate_id: &str,
         sequence: i64,
         event_type: &str,
-        data: serde_json::Value,
+        data: impl Into<EventData>,
     ) -> NewEvent {
         NewEvent {
             event_id: uuid::Uuid::now_v7(),
@@ -105,7 +105,7 @@ impl EventPublisher {
             aggregate_id: aggregate_id.to_string(),
             sequence,
             event_type: event_type.to_string(),
-            data,
+            data: data.into(),
             trace_id: concord_telemetry::current_trace_id(),
             source: self.source.to_string(),
             occurred_at: whole_micros(chrono::Utc::now()),
@@ -254,7 +254,7 @@ pub fn event_json_bytes(event: &NewEvent) -> Vec<u8> {
         sequence: String,
         #[serde(rename = "type")]
         event_type: &'a str,
-        data: &'a serde_json::Value,
+        data: &'a EventData,
         time: String,
         source: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,7 +291,7 @@ pub fn event_json(event: &NewEvent) -> serde_json::Value {
         "aggregateId": event.aggregate_id,
         "sequence": event.sequence.max(0).to_string(),
         "type": event.event_type,
-        "data": event.data,
+        "data": event.data.to_value(),
         "time": event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         "source": event.source,
     });
@@ -316,7 +316,7 @@ mod tests {
                 aggregate_id: "t\"1".into(),
                 sequence: 7,
                 event_type: "task.completed".into(),
-                data: serde_json::json!({"output": {"n": 1, "s": "é"}, "attempt": 2}),
+                data: serde_json::json!({"output": {"n": 1, "s": "é"}, "attempt": 2}).into(),
                 trace_id,
                 source: "concord-dispatcher".into(),
                 occurred_at: chrono::Utc::now(),
@@ -335,7 +335,7 @@ mod tests {
             aggregate_id: "t1".into(),
             sequence: 1,
             event_type: "task.completed".into(),
-            data: serde_json::json!({"a": 1}),
+            data: serde_json::json!({"a": 1}).into(),
             trace_id: None,
             source: "x".into(),
             occurred_at: chrono::Utc::now(),
@@ -353,7 +353,7 @@ mod tests {
             aggregate_id: "a1".into(),
             sequence: 3,
             event_type: "agent.registered".into(),
-            data: serde_json::json!({"name": "echo", "capabilities": ["echo"]}),
+            data: serde_json::json!({"name": "echo", "capabilities": ["echo"]}).into(),
             trace_id: Some("abc".into()),
             source: "concord-registry".into(),
             occurred_at: chrono::Utc::now(),

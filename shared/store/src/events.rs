@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{EventData, StoreError};
 
 /// Name of the unique constraint on (aggregate_type, aggregate_id, sequence)
 /// in `migrations/0001_events.sql`; a violation of it is a sequence conflict.
@@ -32,8 +32,8 @@ pub struct NewEvent {
     pub sequence: i64,
     /// Event name, e.g. `task.routed`.
     pub event_type: String,
-    /// Event body (canonical JSON).
-    pub data: serde_json::Value,
+    /// Event body (canonical JSON), serialized once.
+    pub data: EventData,
     /// W3C trace id of the operation that caused the event, if any.
     pub trace_id: Option<String>,
     /// Service that produced the event.
@@ -355,7 +355,7 @@ pub struct EventColumns<'a> {
     pub aggregate_ids: Vec<&'a str>,
     pub sequences: Vec<i64>,
     pub event_types: Vec<&'a str>,
-    pub data: Vec<Json<&'a serde_json::Value>>,
+    pub data: Vec<Json<&'a EventData>>,
     pub trace_ids: Vec<Option<&'a str>>,
     pub sources: Vec<&'a str>,
     pub occurred_ats: Vec<DateTime<Utc>>,
@@ -431,7 +431,7 @@ mod tests {
             aggregate_id: "t-1".into(),
             sequence,
             event_type: "task.created".into(),
-            data: serde_json::json!({}),
+            data: serde_json::json!({}).into(),
             trace_id: None,
             source: "test".into(),
             occurred_at: Utc::now(),

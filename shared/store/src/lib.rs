@@ -18,6 +18,7 @@
 mod dead_letters;
 mod direct;
 mod error;
+mod event_data;
 mod events;
 mod pool;
 
@@ -26,6 +27,7 @@ pub use dead_letters::{
 };
 pub use direct::{DirectConnections, Taken};
 pub use error::StoreError;
+pub use event_data::EventData;
 pub use events::{AppendOutcome, EventColumns, EventStore, NewEvent, ReplayFilter, StoredEvent};
 pub use pool::{DEFAULT_CONNECT_TIMEOUT, connect, connect_with_timeout, migrate};
 

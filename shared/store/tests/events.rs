@@ -22,7 +22,7 @@ fn event(
         aggregate_id: aggregate_id.into(),
         sequence,
         event_type: format!("{aggregate_type}.step"),
-        data: json!({ "sequence": sequence, "text": "héllo, \"world\"" }),
+        data: json!({ "sequence": sequence, "text": "héllo, \"world\"" }).into(),
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         source: "test".into(),
         occurred_at,
@@ -54,7 +54,7 @@ async fn append_stores_every_field_and_is_idempotent() -> anyhow::Result<()> {
         assert_eq!(old.aggregate_id, new.aggregate_id);
         assert_eq!(old.sequence, new.sequence);
         assert_eq!(old.event_type, new.event_type);
-        assert_eq!(old.data, new.data);
+        assert_eq!(old.data, new.data.to_value());
         assert_eq!(old.trace_id, new.trace_id);
         assert_eq!(old.source, new.source);
         assert_eq!(old.occurred_at, new.occurred_at);

@@ -412,7 +412,7 @@ impl Committer {
                     aggregate_id: aggregate_id.clone(),
                     sequence: sequence as i64 + 1,
                     event_type: event_type.into(),
-                    data,
+                    data: data.into(),
                     trace_id: None,
                     source: "concord-bench".into(),
                     occurred_at: now,
