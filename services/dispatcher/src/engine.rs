@@ -185,7 +185,8 @@ pub struct Engine {
     performance: Performance,
     /// When agents that left the directory were last forgotten.
     pruned_at: Instant,
-    tasks: HashMap<String, Held>,
+    /// Boxed: a `Held` is about 1.5 KB, moved on every insert and resize.
+    tasks: HashMap<String, Box<Held>>,
     /// Untargeted tasks ready for an agent, per capability.
     queues: HashMap<String, PriorityQueue<String>>,
     /// Tasks that name their agents (DIRECT or `targets`), tried one by one.

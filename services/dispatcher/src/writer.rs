@@ -108,7 +108,10 @@ pub async fn run(
                     open = false;
                     continue;
                 };
-                let mut batch = Vec::with_capacity(MAX_BATCH);
+                // Sized for what is queued: a write request is about 700
+                // bytes, so a full-size buffer for every batch would be a
+                // third of a megabyte of fresh memory each time.
+                let mut batch = Vec::with_capacity(1 + requests.len().min(MAX_BATCH - 1));
                 batch.push(first);
                 while batch.len() < MAX_BATCH {
                     match requests.try_recv() {

@@ -31,7 +31,21 @@ impl Subjects {
 
     /// `<root>.<suffix>`.
     pub fn join(&self, suffix: &str) -> String {
-        format!("{}.{}", self.root, suffix)
+        self.tokens(&[suffix])
+    }
+
+    /// `<root>.<part>.<part>...`, in one allocation: some of these subjects
+    /// are built for every task (results, agent deliveries, events), where
+    /// `format!` twice over was a measurable share of the dispatcher's CPU.
+    fn tokens(&self, parts: &[&str]) -> String {
+        let len = self.root.len() + parts.iter().map(|part| part.len() + 1).sum::<usize>();
+        let mut subject = String::with_capacity(len);
+        subject.push_str(&self.root);
+        for part in parts {
+            subject.push('.');
+            subject.push_str(part);
+        }
+        subject
     }
 
     /// Fire-and-forget task intake, captured by JetStream.
@@ -46,12 +60,12 @@ impl Subjects {
 
     /// Where the result of a task is published.
     pub fn task_result(&self, task_id: &str) -> String {
-        self.join(&format!("tasks.result.{task_id}"))
+        self.tokens(&["tasks.result", task_id])
     }
 
     /// Event subject: `<root>.events.<aggregate>.<event type>`.
     pub fn event(&self, aggregate_type: &str, event_type: &str) -> String {
-        self.join(&format!("events.{aggregate_type}.{event_type}"))
+        self.tokens(&["events", aggregate_type, event_type])
     }
 
     /// Wildcard matching every event.
@@ -61,12 +75,12 @@ impl Subjects {
 
     /// A request/reply endpoint of a service: `<root>.<service>.<operation>`.
     pub fn endpoint(&self, service: &str, operation: &str) -> String {
-        self.join(&format!("{service}.{operation}"))
+        self.tokens(&[service, operation])
     }
 
     /// Where an agent receives its work: `<root>.agent.<agent id>.tasks`.
     pub fn agent_tasks(&self, agent_id: &str) -> String {
-        self.join(&format!("agent.{agent_id}.tasks"))
+        self.tokens(&["agent", agent_id, "tasks"])
     }
 
     /// A JetStream stream or KV name derived from the root, so that roots

@@ -194,15 +194,12 @@ impl Engine {
         self.known.insert(&id);
         match stored {
             None => {
-                let view = TaskView::submitted(spec.to_task(), 0, chrono::Utc::now());
-                let held = new_held(spec.clone(), message, view, Phase::Queued, received);
+                // `record` replaces the empty view with the submitted task's.
+                let task = spec.to_task();
+                let view = TaskView::submitted(Default::default(), 0, chrono::Utc::now());
+                let held = new_held(spec, message, view, Phase::Queued, received);
                 self.tasks.insert(id.clone(), held);
-                self.record(
-                    &id,
-                    TaskEvent::Submitted {
-                        task: spec.to_task(),
-                    },
-                );
+                self.record(&id, TaskEvent::Submitted { task });
                 self.metrics.submitted.inc();
             }
             Some(view) => {
@@ -291,9 +288,9 @@ fn new_held(
     view: TaskView,
     phase: Phase,
     received: Instant,
-) -> Held {
+) -> Box<Held> {
     let now = Instant::now();
-    Held {
+    Box::new(Held {
         spec,
         message,
         view,
@@ -310,7 +307,7 @@ fn new_held(
         waiters: Vec::new(),
         received,
         stage_since: Some(received),
-    }
+    })
 }
 
 /// Headers of a message as a map, for dead letters.
