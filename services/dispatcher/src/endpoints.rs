@@ -184,14 +184,13 @@ impl Endpoints {
             if view.status.is_final() {
                 return Reply::to(&request, &view.result());
             }
-            let (write, event) = cancelled(&self.events, view, &reason);
+            let (write, event, result) = cancelled(&self.events, view, &reason);
             let owned = self.store.commit(&[&write]).await.map_err(|e| {
                 ServiceError::unavailable(format!("cannot record the cancellation: {e:#}"))
             })?;
             if owned.first() == Some(&true) {
                 self.events.publish_committed(&[event]).await;
-                let result = write.view.result();
-                publish_result(&self.bus, &result, false).await;
+                publish_result_json(&self.bus, &cancel.task_id, write.row.result, false).await;
                 return Reply::to(&request, &result);
             }
         }
@@ -209,6 +208,16 @@ impl Endpoints {
 /// marks a re-publication (header [`REPLAYED_HEADER`]).
 pub(crate) async fn publish_result(bus: &Bus, result: &TaskResult, replayed: bool) {
     let payload = codec::encode(ContentType::Json, result).expect("results encode");
+    publish_result_json(bus, &result.task_id, payload.into(), replayed).await;
+}
+
+/// [`publish_result`] of a result already encoded as JSON.
+pub(crate) async fn publish_result_json(
+    bus: &Bus,
+    task_id: &str,
+    payload: bytes::Bytes,
+    replayed: bool,
+) {
     let mut headers = HeaderMap::new();
     headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
     if replayed {
@@ -216,14 +225,10 @@ pub(crate) async fn publish_result(bus: &Bus, result: &TaskResult, replayed: boo
     }
     if let Err(error) = bus
         .client
-        .publish_with_headers(
-            bus.subjects.task_result(&result.task_id),
-            headers,
-            payload.into(),
-        )
+        .publish_with_headers(bus.subjects.task_result(task_id), headers, payload)
         .await
     {
-        tracing::warn!(%error, task_id = %result.task_id, "cannot publish task result");
+        tracing::warn!(%error, %task_id, "cannot publish task result");
     }
 }
 
@@ -232,7 +237,7 @@ fn cancelled(
     events: &EventPublisher,
     mut view: TaskView,
     reason: &str,
-) -> (TaskWrite, concord_store::NewEvent) {
+) -> (TaskWrite, concord_store::NewEvent, TaskResult) {
     let expected = view.last_sequence;
     let event = TaskEvent::Cancelled {
         reason: reason.to_string(),
@@ -246,12 +251,9 @@ fn cancelled(
     );
     view.apply(expected + 1, &event, stored.occurred_at);
     (
-        TaskWrite {
-            expected_sequence: expected,
-            view,
-            events: vec![stored.clone()],
-        },
+        TaskWrite::new(&view, expected, vec![stored.clone()]),
         stored,
+        view.result(),
     )
 }
 

@@ -154,6 +154,8 @@ struct Held {
     received: Instant,
     /// When the current stage began (for the stage histograms).
     stage_since: Option<Instant>,
+    /// The final result's JSON, encoded for the last write.
+    result_json: Option<bytes::Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -410,14 +412,12 @@ impl Engine {
         } else {
             None
         };
-        let request = WriteRequest {
-            write: TaskWrite {
-                expected_sequence: held.persisted,
-                view: held.view.clone(),
-                events,
-            },
-            dead_letter,
-        };
+        let write = TaskWrite::new(&held.view, held.persisted, events);
+        if matches!(held.phase, Phase::Final) {
+            // Published as is once this write lands.
+            held.result_json = Some(write.row.result.clone());
+        }
+        let request = WriteRequest { write, dead_letter };
         if self.writer.send(request).is_err() {
             tracing::error!("task writer stopped; submissions stay unacknowledged");
         }

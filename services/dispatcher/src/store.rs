@@ -7,13 +7,14 @@
 //! submissions with the same id) exactly one records anything; the other
 //! learns it does not own the task.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use concord_store::{
     DirectConnections, EventColumns, EventStore, NewEvent, ReplayFilter, StoreError,
 };
+use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{TaskResult, TaskStatus};
 use sqlx::PgPool;
 use sqlx::types::Json;
@@ -29,9 +30,76 @@ pub struct TaskWrite {
     /// `last_sequence` the stored row must have (0: no row yet).
     pub expected_sequence: i64,
     /// The row after the events.
-    pub view: TaskView,
-    /// Events with sequences `expected_sequence + 1 ..= view.last_sequence`.
+    pub row: TaskRow,
+    /// Events with sequences `expected_sequence + 1 ..= row.last_sequence`.
     pub events: Vec<NewEvent>,
+}
+
+impl TaskWrite {
+    /// The write taking the stored row from `expected_sequence` to `view`
+    /// through `events`.
+    pub fn new(view: &TaskView, expected_sequence: i64, events: Vec<NewEvent>) -> Self {
+        Self {
+            expected_sequence,
+            row: TaskRow::of(view, expected_sequence, &events),
+            events,
+        }
+    }
+}
+
+/// A `tasks` row as written: the view's columns, with its JSON documents
+/// encoded once (not a copy of the whole view, payload and output included,
+/// for every write).
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub task_id: String,
+    pub capability: String,
+    pub status: TaskStatus,
+    pub priority: i32,
+    pub correlation_id: String,
+    pub attempts: i32,
+    pub agent_id: String,
+    /// The task's canonical JSON; only an insert stores it (updates keep
+    /// the stored one).
+    pub spec: Option<String>,
+    /// The result's canonical JSON: what `<root>.tasks.result.<id>` carries
+    /// once the row is final (cheap to clone for that publication).
+    pub result: Bytes,
+    pub last_sequence: i64,
+    pub submitted_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl TaskRow {
+    /// The row of `view` written over a stored row at `expected_sequence`
+    /// (0: inserted, with the spec, taken from the `task.submitted` event
+    /// among `events` when there is one rather than encoded again).
+    pub fn of(view: &TaskView, expected_sequence: i64, events: &[NewEvent]) -> Self {
+        let spec = (expected_sequence == 0).then(|| {
+            events
+                .first()
+                .filter(|event| event.sequence == 1 && event.event_type == "task.submitted")
+                .and_then(|event| submitted_task_text(&event.data))
+                .map_or_else(|| wire_text(&view.task), str::to_string)
+        });
+        let result = codec::encode(ContentType::Json, &view.result()).expect("results encode");
+        Self {
+            task_id: view.task_id.clone(),
+            capability: view.task.capability.clone(),
+            status: view.status,
+            priority: view.task.priority as i32,
+            correlation_id: view.task.correlation_id.clone(),
+            attempts: view.attempts as i32,
+            agent_id: view.agent_id.clone(),
+            spec,
+            result: Bytes::from(result),
+            last_sequence: view.last_sequence,
+            submitted_at: view.submitted_at,
+            updated_at: view.updated_at,
+            completed_at: view.completed_at,
+        }
+    }
 }
 
 /// The task rows (`$1`..`$14`) and, for the tasks this writer owns, their
@@ -207,7 +275,7 @@ impl TaskStore {
         let stored: HashSet<String> = upsert(&mut *conn, writes).await?.into_iter().collect();
         let mut owned: Vec<bool> = writes
             .iter()
-            .map(|w| stored.contains(&w.view.task_id))
+            .map(|w| stored.contains(&w.row.task_id))
             .collect();
         // A write refused by the sequence check may be our own, committed by
         // an earlier try whose acknowledgement was lost: its last event is
@@ -288,11 +356,7 @@ impl TaskStore {
         for chunk in views.chunks(1000) {
             let writes: Vec<TaskWrite> = chunk
                 .iter()
-                .map(|view| TaskWrite {
-                    expected_sequence: 0,
-                    view: view.clone(),
-                    events: Vec::new(),
-                })
+                .map(|view| TaskWrite::new(view, 0, Vec::new()))
                 .collect();
             let writes: Vec<&TaskWrite> = writes.iter().collect();
             upsert(&mut *tx, &writes).await?;
@@ -312,8 +376,8 @@ struct Columns<'a> {
     attempts: Vec<i32>,
     agents: Vec<&'a str>,
     /// Canonical JSON text (cast to json by the statement).
-    specs: Vec<Cow<'a, str>>,
-    results: Vec<String>,
+    specs: Vec<&'a str>,
+    results: Vec<&'a str>,
     sequences: Vec<i64>,
     submitted: Vec<DateTime<Utc>>,
     updated: Vec<DateTime<Utc>>,
@@ -321,9 +385,6 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    /// The rows of `writes`. The spec is stored only with an insert
-    /// (expected 0; updates leave it), taken from the write's
-    /// `task.submitted` event when it has one rather than encoded again.
     fn of(writes: &[&'a TaskWrite]) -> Self {
         let n = writes.len();
         let mut columns = Self {
@@ -342,29 +403,22 @@ impl<'a> Columns<'a> {
             completed: Vec::with_capacity(n),
         };
         for write in writes {
-            let (view, expected) = (&write.view, write.expected_sequence);
-            columns.ids.push(&view.task_id);
-            columns.capabilities.push(&view.task.capability);
-            columns.statuses.push(view.status.as_str_name());
-            columns.priorities.push(view.task.priority as i32);
-            columns.correlations.push(&view.task.correlation_id);
-            columns.attempts.push(view.attempts as i32);
-            columns.agents.push(&view.agent_id);
-            columns.specs.push(if expected == 0 {
-                write
-                    .events
-                    .first()
-                    .filter(|event| event.sequence == 1 && event.event_type == "task.submitted")
-                    .and_then(|event| submitted_task_text(&event.data))
-                    .map_or_else(|| Cow::Owned(wire_text(&view.task)), Cow::Borrowed)
-            } else {
-                Cow::Borrowed("null")
-            });
-            columns.results.push(wire_text(&view.result()));
-            columns.sequences.push(view.last_sequence);
-            columns.submitted.push(view.submitted_at);
-            columns.updated.push(view.updated_at);
-            columns.completed.push(view.completed_at);
+            let row = &write.row;
+            columns.ids.push(&row.task_id);
+            columns.capabilities.push(&row.capability);
+            columns.statuses.push(row.status.as_str_name());
+            columns.priorities.push(row.priority);
+            columns.correlations.push(&row.correlation_id);
+            columns.attempts.push(row.attempts);
+            columns.agents.push(&row.agent_id);
+            columns.specs.push(row.spec.as_deref().unwrap_or("null"));
+            columns
+                .results
+                .push(std::str::from_utf8(&row.result).expect("the codec writes UTF-8 JSON"));
+            columns.sequences.push(row.last_sequence);
+            columns.submitted.push(row.submitted_at);
+            columns.updated.push(row.updated_at);
+            columns.completed.push(row.completed_at);
         }
         columns
     }

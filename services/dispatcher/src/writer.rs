@@ -146,7 +146,7 @@ pub async fn run(
                         committed.extend(request.write.events);
                     }
                     report.push(Written {
-                        task_id: request.write.view.task_id,
+                        task_id: request.write.row.task_id,
                         owned,
                     });
                 }

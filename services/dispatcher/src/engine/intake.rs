@@ -307,6 +307,7 @@ fn new_held(
         waiters: Vec::new(),
         received,
         stage_since: Some(received),
+        result_json: None,
     })
 }
 

@@ -481,11 +481,22 @@ impl Engine {
                 if let Some(since) = held.stage_since {
                     self.metrics.observe_stage(Stage::Commit, since.elapsed());
                 }
-                let result = held.view.result();
-                crate::endpoints::publish_result(&self.feed, &result, false).await;
+                match held.result_json {
+                    Some(json) => {
+                        crate::endpoints::publish_result_json(&self.feed, &task_id, json, false)
+                            .await
+                    }
+                    None => {
+                        crate::endpoints::publish_result(&self.feed, &held.view.result(), false)
+                            .await
+                    }
+                }
                 let _ = held.message.ack().await;
-                for waiter in held.waiters {
-                    let _ = waiter.send(Some(result.clone()));
+                if !held.waiters.is_empty() {
+                    let result = held.view.result();
+                    for waiter in held.waiters {
+                        let _ = waiter.send(Some(result.clone()));
+                    }
                 }
             }
         }
