@@ -118,9 +118,13 @@ start_postgres() {
     # No -l: the server inherits this redirection, which works even when
     # the postgres user may not write into the state dir. pg_ctl detaches
     # the server into its own session.
+    # max_wal_size: the event store writes about 1 GB of WAL a minute at
+    # full load, so the default 1 GB forced a checkpoint every 30 s, each
+    # a burst of full-page writes that slows every commit behind it.
     concord_as_pg "$bindir/pg_ctl" start -D "$data" -w -t 60 -o "\
 -c listen_addresses=$CONCORD_HOST -p $CONCORD_PG_PORT \
 -c unix_socket_directories=$sock -c max_connections=300 \
+-c max_wal_size=4GB -c checkpoint_timeout=10min \
 -c log_line_prefix='%m [%p] %q%u@%d '" >>"$log" 2>&1 </dev/null ||
       { tail -n 20 "$log" >&2; concord_die "PostgreSQL did not start (log $log)"; }
   fi
