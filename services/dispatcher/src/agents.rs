@@ -2,7 +2,6 @@
 //! directory (a local copy kept by a KV watch), their latest heartbeats
 //! (load, capacity, health) and this replica's own in-flight counts.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use concord_wire::v1::{AgentHealth, AgentRecord, Heartbeat};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::IdMap;
 use crate::routing::Candidate;
 
 /// How long a heartbeat's count of other senders' tasks is believed. The
@@ -38,8 +38,8 @@ pub struct Load {
 /// Heartbeat loads by agent id, shared between the heartbeat listener and the engine.
 #[derive(Debug, Clone, Default)]
 pub struct Loads {
-    inner: Arc<Mutex<HashMap<String, Load>>>,
-    own: Arc<Mutex<HashMap<String, u32>>>,
+    inner: Arc<Mutex<IdMap<Load>>>,
+    own: Arc<Mutex<IdMap<u32>>>,
 }
 
 impl Loads {
@@ -90,8 +90,8 @@ impl Loads {
     /// fresher than the registry's record.
     fn candidate<'a>(
         agent: &'a AgentRecord,
-        inner: &HashMap<String, Load>,
-        own: &HashMap<String, u32>,
+        inner: &IdMap<Load>,
+        own: &IdMap<u32>,
         now: Instant,
     ) -> Candidate<'a> {
         let mut candidate = Candidate::new(agent);
@@ -228,7 +228,7 @@ mod tests {
         let record = agent("s", 4);
         let inner = loads.inner.lock().unwrap().clone();
         let seen = inner["s"].seen;
-        let own = HashMap::new();
+        let own = IdMap::default();
         let fresh = Loads::candidate(&record, &inner, &own, seen + Duration::from_secs(1));
         assert_eq!(fresh.in_flight, 4, "a fresh heartbeat counts");
         let stale = Loads::candidate(&record, &inner, &own, seen + OTHERS_FRESH_FOR);
@@ -239,7 +239,12 @@ mod tests {
     #[test]
     fn without_a_heartbeat_the_record_decides() {
         let record = agent("b", 4);
-        let candidate = Loads::candidate(&record, &HashMap::new(), &HashMap::new(), Instant::now());
+        let candidate = Loads::candidate(
+            &record,
+            &IdMap::default(),
+            &IdMap::default(),
+            Instant::now(),
+        );
         assert_eq!(candidate.in_flight, 0);
         assert_eq!(candidate.capacity, 4);
     }

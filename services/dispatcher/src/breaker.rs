@@ -45,8 +45,9 @@
 //! with no failures is not stored, so memory follows the number of failing
 //! agents, not the size of the fleet.
 
-use std::collections::HashMap;
 use std::time::Duration;
+
+use crate::IdMap;
 
 /// When breakers open and how long they stay open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +196,7 @@ impl Breaker {
 #[derive(Debug, Clone, Default)]
 pub struct Breakers {
     policy: BreakerPolicy,
-    breakers: HashMap<String, Breaker>,
+    breakers: IdMap<Breaker>,
 }
 
 impl Breakers {
@@ -203,7 +204,7 @@ impl Breakers {
     pub fn new(policy: BreakerPolicy) -> Self {
         Self {
             policy,
-            breakers: HashMap::new(),
+            breakers: IdMap::default(),
         }
     }
 

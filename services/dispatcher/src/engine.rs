@@ -35,6 +35,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::IdMap;
 use crate::agents::Loads;
 use crate::breaker::Breakers;
 use crate::config::DispatcherConfig;
@@ -188,7 +189,7 @@ pub struct Engine {
     /// When agents that left the directory were last forgotten.
     pruned_at: Instant,
     /// Boxed: a `Held` is about 1.5 KB, moved on every insert and resize.
-    tasks: HashMap<String, Box<Held>>,
+    tasks: IdMap<Box<Held>>,
     /// Untargeted tasks ready for an agent, per capability.
     queues: HashMap<String, PriorityQueue<String>>,
     /// Tasks that name their agents (DIRECT or `targets`), tried one by one.
@@ -249,7 +250,7 @@ impl Engine {
             breakers,
             performance: Performance::default(),
             pruned_at: Instant::now(),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             queues: HashMap::new(),
             targeted: BTreeMap::new(),
             dirty: HashSet::new(),

@@ -38,6 +38,11 @@ pub mod submission;
 pub mod task_spec;
 pub mod writer;
 
+/// A map keyed by agent or task id. These are read several times per task
+/// (routing reads four per candidate agent), so they use a fast hash
+/// (foldhash, seeded per process) rather than the standard SipHash.
+pub type IdMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
+
 pub use config::{DispatcherArgs, DispatcherConfig};
 
 /// Name, description and default metrics port of the dispatcher.

@@ -21,9 +21,9 @@
 //! Each replica keeps its own figures; they are not stored. No I/O, no
 //! clock: the caller passes the duration.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::IdMap;
 use crate::routing::Candidate;
 
 /// The attempt duration at which a successful sample is 0.75.
@@ -57,7 +57,7 @@ impl Sample {
 /// Performance by agent id.
 #[derive(Debug, Clone, Default)]
 pub struct Performance {
-    scores: HashMap<String, f64>,
+    scores: IdMap<f64>,
 }
 
 impl Performance {
