@@ -566,6 +566,26 @@ async fn configuration(
             report.name
         );
         stage_means_ms.push(means);
+        if report.missing > 0 {
+            // What the dispatcher holds now tells a stalled intake (nothing
+            // held), tasks waiting for an agent (queued) and lost agent
+            // replies (lease expiries) apart.
+            let mut state = Vec::new();
+            for metric_name in STALL_DIAGNOSTICS {
+                let value = metric(metrics_port, metric_name).await;
+                state.push(format!(
+                    "{} {}",
+                    metric_name.trim_start_matches("concord_dispatcher_"),
+                    value.map_or("?".to_string(), |v| v.to_string())
+                ));
+            }
+            eprintln!(
+                "bench: {name}: {}: {} tasks missing; the dispatcher now: {}",
+                report.name,
+                report.missing,
+                state.join(", ")
+            );
+        }
         eprintln!(
             "bench: {name}: {}: {:.0} tasks/s, p50 {} ms, p99 {} ms, {} missing, {} duplicates",
             report.name,
@@ -783,6 +803,18 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// One value from the dispatcher's `/metrics`.
+/// Dispatcher metrics printed when a phase has missing tasks.
+const STALL_DIAGNOSTICS: [&str; 8] = [
+    "concord_dispatcher_tasks_held",
+    "concord_dispatcher_tasks_queued",
+    "concord_dispatcher_tasks_submitted_total",
+    "concord_dispatcher_attempts_started_total",
+    "concord_dispatcher_tasks_completed_total",
+    "concord_dispatcher_leases_expired_total",
+    "concord_dispatcher_attempts_retried_total",
+    "concord_dispatcher_stale_replies_total",
+];
+
 async fn metric(port: u16, name: &str) -> Option<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
