@@ -224,8 +224,24 @@ pub async fn build_with(
     Ok(service)
 }
 
+/// With no delivery for this long, the puller checks that the server still
+/// has a pull request waiting while submissions are pending (see [`pull`]).
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
+/// Whether the consumer has submissions to deliver but no pull request
+/// waiting for them: the server has forgotten ours (seen under load: the
+/// client then waits for its request's expiry while the stream fills up).
+pub fn pull_request_lost(num_pending: u64, num_waiting: usize) -> bool {
+    num_pending > 0 && num_waiting == 0
+}
+
 /// Pulls submissions from the shared consumer and hands them to the engine
 /// in batches, holding back while this replica holds `max_held`.
+///
+/// After [`STALL_CHECK`] without a delivery it asks the server for the
+/// consumer's state and, when submissions wait with no pull request of any
+/// replica open, starts a new pull instead of waiting for the old one to
+/// expire.
 async fn pull(
     consumer: jetstream::consumer::PullConsumer,
     engine: mpsc::Sender<Vec<jetstream::Message>>,
@@ -263,6 +279,22 @@ async fn pull(
             let chunk = tokio::select! {
                 _ = stop.cancelled() => return,
                 chunk = chunks.next() => chunk,
+                _ = tokio::time::sleep(STALL_CHECK) => {
+                    match consumer.get_info().await {
+                        Ok(info) if pull_request_lost(info.num_pending, info.num_waiting) => {
+                            tracing::warn!(
+                                pending = info.num_pending,
+                                "submissions wait in the intake stream but no pull request is open; pulling again"
+                            );
+                            continue 'outer;
+                        }
+                        Ok(_) => continue,
+                        Err(error) => {
+                            tracing::debug!(%error, "cannot read the intake consumer's state");
+                            continue;
+                        }
+                    }
+                }
             };
             let Some(chunk) = chunk else { continue 'outer };
             let mut delivered = Vec::with_capacity(chunk.len());
@@ -276,5 +308,21 @@ async fn pull(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pull_request_lost;
+
+    #[test]
+    fn a_pull_is_lost_only_when_work_waits_and_nobody_pulls() {
+        assert!(pull_request_lost(1, 0));
+        assert!(pull_request_lost(2_000, 0));
+        // Idle: nothing to deliver.
+        assert!(!pull_request_lost(0, 0));
+        assert!(!pull_request_lost(0, 1));
+        // Some replica's request is open: the server delivers to it.
+        assert!(!pull_request_lost(2_000, 1));
     }
 }
