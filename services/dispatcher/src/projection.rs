@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 /// Aggregate type of task events.
 pub const AGGREGATE: &str = "task";
 
+/// Type of the first event of every task.
+pub const SUBMITTED: &str = "task.submitted";
+
 /// Why a task went to the dead-letter store.
 pub mod reason {
     /// No capable, eligible agent appeared within the wait.
@@ -80,7 +83,7 @@ impl TaskEvent {
     /// The stored event type, `task.<kind>`.
     pub fn event_type(&self) -> &'static str {
         match self {
-            Self::Submitted { .. } => "task.submitted",
+            Self::Submitted { .. } => SUBMITTED,
             Self::Assigned { .. } => "task.assigned",
             Self::Progress { .. } => "task.progress",
             Self::Failed { .. } => "task.failed",

@@ -21,7 +21,8 @@ use sqlx::types::Json;
 
 use crate::known_ids::Bloom;
 use crate::projection::{
-    AGGREGATE, TaskEvent, TaskView, from_wire_json, from_wire_value, submitted_task_text, wire_text,
+    AGGREGATE, SUBMITTED, TaskEvent, TaskView, from_wire_json, from_wire_value,
+    submitted_task_text, wire_text,
 };
 
 /// One task's change: its new row and the events that lead to it.
@@ -79,7 +80,7 @@ impl TaskRow {
         let spec = (expected_sequence == 0).then(|| {
             events
                 .first()
-                .filter(|event| event.sequence == 1 && event.event_type == "task.submitted")
+                .filter(|event| event.sequence == 1 && event.event_type == SUBMITTED)
                 .and_then(|event| submitted_task_text(&event.data))
                 .map_or_else(|| wire_text(&view.task), str::to_string)
         });
