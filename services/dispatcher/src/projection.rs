@@ -213,7 +213,7 @@ impl TaskEvent {
             from_wire_json(data.get("error").unwrap_or(&Value::Null)).map_err(fail)
         };
         Ok(match event_type {
-            "task.submitted" => Self::Submitted {
+            SUBMITTED => Self::Submitted {
                 task: from_wire_json(data.get("task").unwrap_or(&Value::Null)).map_err(fail)?,
             },
             "task.assigned" => Self::Assigned {
