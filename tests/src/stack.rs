@@ -7,7 +7,9 @@ use concord_bus::{Bus, BusConfig, Shutdown};
 use concord_dispatcher::DispatcherConfig;
 use concord_dispatcher::backoff::BackoffPolicy;
 use concord_dispatcher::store::TaskStore;
+use concord_runtime::ServiceContext;
 use concord_sdk::{Agent, AgentConfig};
+use concord_testkit::NatsProxy;
 use tokio::task::JoinHandle;
 
 use crate::World;
@@ -35,13 +37,32 @@ pub struct Stack {
     pub world: World,
     pub client: Bus,
     pub store: TaskStore,
+    /// The proxy the dispatcher connects through, when started with
+    /// [`Stack::start_behind_proxy`].
+    pub proxy: Option<NatsProxy>,
     stops: Vec<(Shutdown, JoinHandle<()>)>,
 }
 
 impl Stack {
     /// Starts the registry and a dispatcher with `config`.
     pub async fn start(config: DispatcherConfig) -> Stack {
+        Self::start_with(config, false).await
+    }
+
+    /// Like [`Stack::start`], with the dispatcher's connections going
+    /// through a [`NatsProxy`] (everything else connects directly), so a
+    /// test can make the server miss some of the dispatcher's messages.
+    pub async fn start_behind_proxy(config: DispatcherConfig) -> Stack {
+        Self::start_with(config, true).await
+    }
+
+    async fn start_with(config: DispatcherConfig, behind_proxy: bool) -> Stack {
         let world = World::start().await.unwrap();
+        let proxy = if behind_proxy {
+            Some(NatsProxy::start(world.nats.port()).await.unwrap())
+        } else {
+            None
+        };
         let mut stops = Vec::new();
         let context = world.context(&concord_registry::INFO).await.unwrap();
         let shutdown = context.shutdown.clone();
@@ -50,7 +71,15 @@ impl Stack {
             shutdown,
             tokio::spawn(async move { registry.run_until_stopped().await.unwrap() }),
         ));
-        let context = world.context(&concord_dispatcher::INFO).await.unwrap();
+        let context = match &proxy {
+            Some(proxy) => {
+                let args = crate::service_args(&proxy.url(), world.db.url(), &world.root);
+                ServiceContext::connect(&concord_dispatcher::INFO, &args, Shutdown::new())
+                    .await
+                    .unwrap()
+            }
+            None => world.context(&concord_dispatcher::INFO).await.unwrap(),
+        };
         let store = TaskStore::new(context.pool.clone());
         let shutdown = context.shutdown.clone();
         let dispatcher = concord_dispatcher::build_with(context, config)
@@ -65,6 +94,7 @@ impl Stack {
             world,
             client,
             store,
+            proxy,
             stops,
         }
     }

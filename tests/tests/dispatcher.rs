@@ -151,6 +151,71 @@ async fn a_published_task_is_run_by_an_agent_and_its_result_published() {
     stack.stop().await;
 }
 
+/// The server can lose the intake's pull request while the client believes
+/// it open (seen under load: the whole intake then waited for the
+/// request's 30 s expiry). Here the proxy in front of the dispatcher drops
+/// exactly one pull request, sent when the first request was half used: the
+/// server delivers the rest of the first request and then has submissions
+/// and no request. The dispatcher notices (nothing delivered for 2 s,
+/// submissions pending, no request waiting) and pulls again, so every task
+/// completes long before the client library's own 35 s timer would fire.
+#[tokio::test]
+async fn a_lost_pull_request_does_not_stall_the_intake() {
+    let mut stack = Stack::start_behind_proxy(test_config()).await;
+    stack.agent("echo-1", EchoAgent, 64).await;
+    // One task first: the puller's first request is then open at the server.
+    let mut warm = stack.results("t-lost-warm").await;
+    stack
+        .submit(
+            &json!({"id": "t-lost-warm", "capability": "echo", "payload": {}}),
+            None,
+        )
+        .await;
+    next_result(&mut warm).await;
+
+    let proxy = stack.proxy.as_ref().expect("started behind the proxy");
+    proxy.drop_publications("$JS.API.CONSUMER.MSG.NEXT.", 1);
+    let mut results = stack
+        .client
+        .client
+        .subscribe(stack.client.subjects.join("tasks.result.*"))
+        .await
+        .unwrap();
+    stack.client.client.flush().await.unwrap();
+    const TASKS: usize = 400;
+    for i in 0..TASKS {
+        stack
+            .submit(
+                &json!({"id": format!("t-lost-{i}"), "capability": "echo", "payload": {"i": i}}),
+                None,
+            )
+            .await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    // Well inside the client library's own recovery (request expiry 30 s
+    // plus 5 s), well beyond the dispatcher's (2 s without a delivery).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < TASKS {
+        let message = tokio::time::timeout_at(deadline, results.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {TASKS} results after 20 s: the intake stalled ({} pull requests dropped)",
+                    seen.len(),
+                    proxy.dropped()
+                )
+            })
+            .expect("subscription open");
+        seen.insert(message.subject.to_string());
+    }
+    assert_eq!(
+        proxy.dropped(),
+        1,
+        "the proxy dropped a pull request (else this test proves nothing)"
+    );
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn tasks_run_replies_with_the_result_or_why_not() {
     let mut stack = Stack::start(test_config()).await;

@@ -1,5 +1,8 @@
 //! Test harness: a real `nats-server -js` on a random port and a fresh, migrated Postgres database per test.
 //!
+//! [`NatsProxy`] sits between one service and the server when a test needs
+//! the server to miss a chosen message (a pull request, say).
+//!
 //! No mocks: tests talk to the same broker and database the services use in
 //! production. Both helpers clean up on drop.
 //!
@@ -15,10 +18,12 @@
 
 mod database;
 mod nats;
+mod nats_proxy;
 mod postgres;
 mod process;
 
 pub use database::{DEFAULT_TEST_DATABASE_URL, TestDatabase, with_database};
 pub use nats::NatsServer;
+pub use nats_proxy::NatsProxy;
 pub use postgres::PostgresServer;
 pub use process::{ServiceProcess, service_binary};

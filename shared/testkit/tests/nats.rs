@@ -101,3 +101,44 @@ async fn drop_stops_the_process_and_removes_the_directory() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_proxy_relays_and_drops_only_what_it_is_told() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let proxy = concord_testkit::NatsProxy::start(server.port()).await?;
+    let direct = server.client().await;
+    let mut sub = direct.subscribe("testkit.proxy.>").await?;
+    direct.flush().await?;
+
+    let through = async_nats::connect(proxy.url()).await?;
+    proxy.drop_publications("testkit.proxy.drop", 1);
+    for subject in [
+        "testkit.proxy.a",
+        "testkit.proxy.drop",
+        "testkit.proxy.drop",
+    ] {
+        through.publish(subject, subject.into()).await?;
+    }
+    // Headers too (HPUB), and a request-reply through the proxy.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("X-Test", "1");
+    through
+        .publish_with_headers("testkit.proxy.h", headers, "h".into())
+        .await?;
+    through.flush().await?;
+
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let message = tokio::time::timeout(WAIT, sub.next())
+            .await?
+            .expect("subscription open");
+        got.push(message.subject.to_string());
+    }
+    assert_eq!(
+        got,
+        ["testkit.proxy.a", "testkit.proxy.drop", "testkit.proxy.h"],
+        "the first matching publication was dropped, the second and the rest relayed"
+    );
+    assert_eq!(proxy.dropped(), 1);
+    Ok(())
+}
