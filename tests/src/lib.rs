@@ -112,3 +112,21 @@ pub async fn gather(
     }
     out
 }
+
+/// The value of counter `name` (with or without `_total`) in a Prometheus
+/// text exposition; 0 when absent.
+pub fn metric_counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|line| {
+            !line.starts_with('#')
+                && line.contains(name)
+                && line
+                    .split(' ')
+                    .next()
+                    .is_some_and(|series| series.trim_end_matches("_total").ends_with(name))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .unwrap_or(0)
+}

@@ -9,6 +9,7 @@ use concord_dispatcher::backoff::BackoffPolicy;
 use concord_dispatcher::store::TaskStore;
 use concord_runtime::ServiceContext;
 use concord_sdk::{Agent, AgentConfig};
+use concord_telemetry::MetricsRegistry;
 use concord_testkit::NatsProxy;
 use tokio::task::JoinHandle;
 
@@ -40,6 +41,8 @@ pub struct Stack {
     /// The proxy the dispatcher connects through, when started with
     /// [`Stack::start_behind_proxy`].
     pub proxy: Option<NatsProxy>,
+    /// The dispatcher's metrics.
+    pub dispatcher_metrics: MetricsRegistry,
     stops: Vec<(Shutdown, JoinHandle<()>)>,
 }
 
@@ -81,6 +84,7 @@ impl Stack {
             None => world.context(&concord_dispatcher::INFO).await.unwrap(),
         };
         let store = TaskStore::new(context.pool.clone());
+        let dispatcher_metrics = context.metrics.clone();
         let shutdown = context.shutdown.clone();
         let dispatcher = concord_dispatcher::build_with(context, config)
             .await
@@ -95,6 +99,7 @@ impl Stack {
             client,
             store,
             proxy,
+            dispatcher_metrics,
             stops,
         }
     }
@@ -144,6 +149,11 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The dispatcher's counter `name` (without the `concord_` prefix).
+    pub fn dispatcher_counter(&self, name: &str) -> u64 {
+        crate::metric_counter(&self.dispatcher_metrics.encode(), name)
     }
 
     /// Stops agents first, then the dispatcher and the registry.

@@ -213,6 +213,10 @@ async fn a_lost_pull_request_does_not_stall_the_intake() {
         1,
         "the proxy dropped a pull request (else this test proves nothing)"
     );
+    assert!(
+        stack.dispatcher_counter("dispatcher_intake_pull_restarts") >= 1,
+        "the dispatcher counted its new pull"
+    );
     stack.stop().await;
 }
 

@@ -462,7 +462,9 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
     assert!(twice.is_empty(), "tasks completed twice: {twice:?}");
     let per_replica: Vec<u64> = registries
         .iter()
-        .map(|metrics| counter(&metrics.encode(), "dispatcher_tasks_completed"))
+        .map(|metrics| {
+            concord_tests::metric_counter(&metrics.encode(), "dispatcher_tasks_completed")
+        })
         .collect();
     assert_eq!(
         per_replica.iter().sum::<u64>(),
@@ -477,7 +479,9 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
     // New ids skipped the store lookup (the known-ids filter had loaded).
     let skipped: u64 = registries
         .iter()
-        .map(|metrics| counter(&metrics.encode(), "dispatcher_lookups_skipped"))
+        .map(|metrics| {
+            concord_tests::metric_counter(&metrics.encode(), "dispatcher_lookups_skipped")
+        })
         .sum();
     assert!(skipped > 0, "no lookup was skipped");
 
@@ -488,8 +492,10 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
     stops[1].trigger();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let survivor = &registries[1];
-    let assigned_before = counter(&survivor.encode(), "dispatcher_attempts_started");
-    let duplicates_before = counter(&survivor.encode(), "dispatcher_tasks_duplicate");
+    let assigned_before =
+        concord_tests::metric_counter(&survivor.encode(), "dispatcher_attempts_started");
+    let duplicates_before =
+        concord_tests::metric_counter(&survivor.encode(), "dispatcher_tasks_duplicate");
     for chunk in (0..total).collect::<Vec<_>>().chunks(200) {
         futures::future::join_all(
             chunk
@@ -499,18 +505,20 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
         .await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while counter(&survivor.encode(), "dispatcher_tasks_duplicate") - duplicates_before
+    while concord_tests::metric_counter(&survivor.encode(), "dispatcher_tasks_duplicate")
+        - duplicates_before
         < total as u64
     {
         assert!(
             tokio::time::Instant::now() < deadline,
             "resubmissions not all answered: {}",
-            counter(&survivor.encode(), "dispatcher_tasks_duplicate") - duplicates_before
+            concord_tests::metric_counter(&survivor.encode(), "dispatcher_tasks_duplicate")
+                - duplicates_before
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        counter(&survivor.encode(), "dispatcher_attempts_started"),
+        concord_tests::metric_counter(&survivor.encode(), "dispatcher_attempts_started"),
         assigned_before,
         "a finished task was given to an agent again"
     );
@@ -530,21 +538,4 @@ async fn completed_twice(pool: &sqlx::PgPool) -> Vec<(String, i64)> {
     .fetch_all(pool)
     .await
     .unwrap()
-}
-
-/// A counter's value in a Prometheus exposition.
-fn counter(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|line| {
-            !line.starts_with('#')
-                && line.contains(name)
-                && line
-                    .split(' ')
-                    .next()
-                    .is_some_and(|series| series.trim_end_matches("_total").ends_with(name))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .map(|n| n as u64)
-        .unwrap_or(0)
 }

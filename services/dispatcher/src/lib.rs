@@ -156,6 +156,7 @@ pub async fn build_with(
         pulled_tx,
         held.clone(),
         config.max_held,
+        metrics.pull_restarts.clone(),
         stop.clone(),
     ));
 
@@ -247,6 +248,7 @@ async fn pull(
     engine: mpsc::Sender<Vec<jetstream::Message>>,
     held: Arc<AtomicUsize>,
     max_held: usize,
+    restarts: prometheus_client::metrics::counter::Counter,
     stop: CancellationToken,
 ) {
     let batch = max_held.clamp(1, 256);
@@ -286,6 +288,7 @@ async fn pull(
                                 pending = info.num_pending,
                                 "submissions wait in the intake stream but no pull request is open; pulling again"
                             );
+                            restarts.inc();
                             continue 'outer;
                         }
                         Ok(_) => continue,

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub cancelled: Counter,
     pub lease_expired: Counter,
     pub stale_replies: Counter,
+    /// Intake pulls started again because the server had lost ours.
+    pub pull_restarts: Counter,
     pub lookups: Counter,
     pub lookups_skipped: Counter,
     pub known_ids_bytes: Gauge,
@@ -73,6 +75,7 @@ impl Metrics {
             cancelled: Counter::default(),
             lease_expired: Counter::default(),
             stale_replies: Counter::default(),
+            pull_restarts: Counter::default(),
             lookups: Counter::default(),
             lookups_skipped: Counter::default(),
             known_ids_bytes: Gauge::default(),
@@ -92,7 +95,7 @@ impl Metrics {
             "Time tasks spend in each stage: intake (delivery to first assignment), agent (one attempt), commit (final outcome to result)",
             stages,
         );
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "dispatcher_lookups",
                 "Submissions whose stored state was looked up (redeliveries, ids that may have been used)",
@@ -157,6 +160,11 @@ impl Metrics {
                 "dispatcher_stale_replies",
                 "Agent replies for attempts already over",
                 &metrics.stale_replies,
+            ),
+            (
+                "dispatcher_intake_pull_restarts",
+                "Intake pulls started again: submissions pending, no pull request open at the server, nothing delivered for 2 s",
+                &metrics.pull_restarts,
             ),
         ];
         for (name, help, counter) in counters {
