@@ -1,7 +1,8 @@
 //! An in-memory agent directory with discovery indexes, as a registry replica, a discovery reader or the dispatcher keeps it.
 //!
 //! Records are keyed by id and indexed by capability, by label (key and
-//! value) and by liveness, each index an ordered set of ids. Discovery walks
+//! value) and by liveness, each index an ordered map of ids to the shared
+//! record (walking an index reads records without looking them up). Discovery walks
 //! the smallest index set that the query constrains (or all agents when it
 //! constrains none), in id order, starting after the page token, and checks
 //! each candidate against the whole query; it stops one match past the page
@@ -21,8 +22,9 @@
 //!   of the last id of the previous page, so paging is stable while agents
 //!   come and go: each agent appears at most once, in id order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -34,12 +36,14 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page; larger `limit`s are lowered to this.
 pub const MAX_PAGE_SIZE: usize = 1000;
 
-type Ids = BTreeSet<String>;
+/// An index set: the agents with one property, by id. Entries share the
+/// record with [`Directory::agents`], so walking an index needs no lookup.
+type Ids = BTreeMap<String, Arc<AgentRecord>>;
 
 /// Agents by id, with the indexes discovery needs.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
-    agents: BTreeMap<String, AgentRecord>,
+    agents: BTreeMap<String, Arc<AgentRecord>>,
     by_capability: HashMap<String, Ids>,
     by_label: HashMap<String, HashMap<String, Ids>>,
     by_liveness: HashMap<i32, Ids>,
@@ -75,12 +79,12 @@ impl Directory {
 
     /// The agent with this id.
     pub fn get(&self, id: &str) -> Option<&AgentRecord> {
-        self.agents.get(id)
+        self.agents.get(id).map(|record| &**record)
     }
 
     /// All agents in id order.
     pub fn iter(&self) -> impl Iterator<Item = &AgentRecord> {
-        self.agents.values()
+        self.agents.values().map(|record| &**record)
     }
 
     /// Agents offering `capability` at any level and in any state, in id order
@@ -92,8 +96,7 @@ impl Directory {
         self.by_capability
             .get(capability)
             .into_iter()
-            .flatten()
-            .filter_map(|id| self.agents.get(id))
+            .flat_map(|ids| ids.values().map(|record| &**record))
     }
 
     /// Number of agents offering `capability`.
@@ -115,22 +118,21 @@ impl Directory {
         let Some(ids) = self.by_capability.get(capability) else {
             return Vec::new();
         };
-        let tail: Box<dyn Iterator<Item = &String>> = match after {
+        let tail: Box<dyn Iterator<Item = (&String, &Arc<AgentRecord>)>> = match after {
             Some(after) => Box::new(
                 ids.range::<str, _>((Excluded(after), Unbounded))
                     .chain(ids.range::<str, _>((Unbounded, std::ops::Bound::Included(after)))),
             ),
             None => Box::new(ids.iter()),
         };
-        tail.take(limit)
-            .filter_map(|id| self.agents.get(id))
-            .collect()
+        tail.take(limit).map(|(_, record)| &**record).collect()
     }
 
     /// Inserts or replaces the record with `record.id`, returning the one it
     /// replaced.
     pub fn upsert(&mut self, record: AgentRecord) -> Option<AgentRecord> {
         let previous = self.remove(&record.id);
+        let record = Arc::new(record);
         self.index(&record);
         self.agents.insert(record.id.clone(), record);
         previous
@@ -177,7 +179,8 @@ impl Directory {
     pub fn remove(&mut self, id: &str) -> Option<AgentRecord> {
         let record = self.agents.remove(id)?;
         self.unindex(&record);
-        Some(record)
+        // The indexes let go of it: no copy.
+        Some(Arc::unwrap_or_clone(record))
     }
 
     /// One page of the agents matching `query` (see the module docs), or an
@@ -208,7 +211,7 @@ impl Directory {
                 for record in self
                     .agents
                     .range::<str, _>((after, Bound::Unbounded))
-                    .map(|(_, r)| r)
+                    .map(|(_, r)| &**r)
                 {
                     if !take(record) {
                         break;
@@ -216,10 +219,8 @@ impl Directory {
                 }
             }
             Candidates::Ids(ids) => {
-                for id in ids.range::<str, _>((after, Bound::Unbounded)) {
-                    if let Some(record) = self.agents.get(id)
-                        && !take(record)
-                    {
+                for (_, record) in ids.range::<str, _>((after, Bound::Unbounded)) {
+                    if !take(record) {
                         break;
                     }
                 }
@@ -268,21 +269,20 @@ impl Directory {
         }
     }
 
-    fn index(&mut self, record: &AgentRecord) {
-        let id = &record.id;
+    fn index(&mut self, record: &Arc<AgentRecord>) {
         for capability in &record.capabilities {
             insert(
                 self.by_capability
                     .entry(capability.name.clone())
                     .or_default(),
-                id,
+                record,
             );
         }
         for (key, value) in &record.labels {
             let values = self.by_label.entry(key.clone()).or_default();
-            insert(values.entry(value.clone()).or_default(), id);
+            insert(values.entry(value.clone()).or_default(), record);
         }
-        insert(self.by_liveness.entry(record.liveness).or_default(), id);
+        insert(self.by_liveness.entry(record.liveness).or_default(), record);
     }
 
     /// Removes `record` from the indexes, dropping sets left empty so that
@@ -304,10 +304,8 @@ impl Directory {
     }
 }
 
-fn insert(ids: &mut Ids, id: &str) {
-    if !ids.contains(id) {
-        ids.insert(id.to_string());
-    }
+fn insert(ids: &mut Ids, record: &Arc<AgentRecord>) {
+    ids.insert(record.id.clone(), record.clone());
 }
 
 fn remove_from<K, Q>(index: &mut HashMap<K, Ids>, key: &Q, id: &str)
@@ -500,7 +498,7 @@ mod tests {
                 by_capability
                     .entry(c.name.clone())
                     .or_default()
-                    .insert(id.clone());
+                    .insert(id.clone(), record.clone());
             }
             for (k, v) in &record.labels {
                 by_label
@@ -508,12 +506,12 @@ mod tests {
                     .or_default()
                     .entry(v.clone())
                     .or_default()
-                    .insert(id.clone());
+                    .insert(id.clone(), record.clone());
             }
             by_liveness
                 .entry(record.liveness)
                 .or_default()
-                .insert(id.clone());
+                .insert(id.clone(), record.clone());
         }
         assert_eq!(dir.by_capability, by_capability);
         assert_eq!(dir.by_label, by_label);
