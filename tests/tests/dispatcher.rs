@@ -576,6 +576,90 @@ async fn running_and_pending_tasks_can_be_cancelled() {
     stack.stop().await;
 }
 
+/// A submission still waiting in the intake stream (the replica holds all
+/// it may) cannot be stopped by its holder, as there is none yet: the
+/// cancellation is queued, and the task is recorded as cancelled, never
+/// run, when the dispatcher takes it from the stream.
+#[tokio::test]
+async fn a_submission_still_in_the_intake_stream_can_be_cancelled() {
+    let config = DispatcherConfig {
+        max_held: 1,
+        no_agent_wait: Duration::from_secs(120),
+        ..test_config()
+    };
+    let stack = Stack::start(config).await;
+    let cancel = |id: &str| {
+        let request = CancelTask {
+            task_id: id.into(),
+            reason: "operator".into(),
+        };
+        let client = stack.client.clone();
+        async move {
+            client
+                .request::<_, TaskResult>(client.subjects.join("tasks.cancel"), &request, WAIT)
+                .await
+        }
+    };
+    // Nobody offers "absent": held tasks wait for an agent, filling the
+    // replica. The puller may take one batch (here one message) beyond
+    // `max_held` while the engine counts, so two fillers; the third
+    // submission waits in the stream.
+    for id in ["t-held-1", "t-held-2"] {
+        stack
+            .submit(&json!({"id": id, "capability": "absent"}), None)
+            .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while stack.store.get(id).await.unwrap().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "{id} never stored");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let mut results = stack.results("t-waiting").await;
+    stack
+        .submit(&json!({"id": "t-waiting", "capability": "absent"}), None)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        stack.store.get("t-waiting").await.unwrap().is_none(),
+        "the second submission is not taken while the replica is full"
+    );
+
+    let queued = cancel("t-waiting").await.unwrap();
+    assert_eq!(queued.status, TaskStatus::Pending as i32, "{queued:?}");
+    let error = queued.error.expect("why it is pending");
+    assert_eq!(error.code, "cancel_queued");
+    assert!(error.message.contains("operator"), "{}", error.message);
+
+    // Freeing the replica lets it take the second submission: cancelled
+    // at once, with the queued reason, never assigned.
+    for id in ["t-held-1", "t-held-2"] {
+        let held = cancel(id).await.unwrap();
+        assert_eq!(held.status, TaskStatus::Cancelled as i32, "{id}");
+    }
+    let (result, replayed) = next_result(&mut results).await;
+    assert!(replayed.is_none());
+    assert_eq!(result.status, TaskStatus::Cancelled as i32, "{result:?}");
+    assert_eq!(result.error.unwrap().message, "operator");
+    let history = stack.get("t-waiting").await.history;
+    let types: Vec<&str> = history.iter().map(|e| e.r#type.as_str()).collect();
+    assert_eq!(types, ["task.submitted", "task.cancelled"]);
+
+    // With nothing left in the stream, an unknown id is NOT_FOUND.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let error = loop {
+        match cancel("t-never").await {
+            Err(error) => break error,
+            Ok(reply) => {
+                // The last acknowledgement may still be on its way.
+                assert!(tokio::time::Instant::now() < deadline, "{reply:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(error.code, ErrorCode::NotFound, "{error:?}");
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn the_projection_rebuilt_from_the_events_equals_the_live_one() {
     let mut stack = Stack::start(test_config()).await;

@@ -46,6 +46,17 @@ pub fn holder_cancel_subject(bus: &Bus, task_id: &str) -> String {
         .join(&format!("dispatcher.held.{task_id}.cancel"))
 }
 
+/// `<root>.dispatcher.cancel_queued`: a cancellation was queued for a task
+/// no replica holds (body: the `CancelTask`); every replica adds the id to
+/// its known-ids filter, so the submission is looked up when it arrives.
+pub fn cancel_queued_subject(bus: &Bus) -> String {
+    bus.subjects.join("dispatcher.cancel_queued")
+}
+
+/// Error code of the reply to a cancellation queued for a submission still
+/// waiting in the intake stream.
+pub const CANCEL_QUEUED: &str = "cancel_queued";
+
 impl Endpoints {
     /// `tasks.run`: submit through the intake stream, wait for the result.
     pub async fn run(&self, request: Request) -> Result<Reply, ServiceError> {
@@ -170,17 +181,14 @@ impl Endpoints {
             cancel.reason.clone()
         };
         for _ in 0..3 {
-            let view = self
-                .store
-                .get(&cancel.task_id)
-                .await
-                .map_err(|e| ServiceError::unavailable(format!("cannot read the task: {e:#}")))?
-                .ok_or_else(|| {
-                    ServiceError::not_found(format!(
-                        "task {} is not known (a submission still waiting in the intake stream cannot be cancelled yet)",
-                        cancel.task_id
-                    ))
+            let stored =
+                self.store.get(&cancel.task_id).await.map_err(|e| {
+                    ServiceError::unavailable(format!("cannot read the task: {e:#}"))
                 })?;
+            let Some(view) = stored else {
+                let result = self.queue_cancellation(&cancel, &reason).await?;
+                return Reply::to(&request, &result);
+            };
             if view.status.is_final() {
                 return Reply::to(&request, &view.result());
             }
@@ -201,6 +209,67 @@ impl Endpoints {
                 cancel.task_id
             ),
         ))
+    }
+}
+
+impl Endpoints {
+    /// A task neither held nor stored: while submissions wait in the intake
+    /// stream, it may be one of them, so the cancellation is recorded and
+    /// applied when the submission is taken (the reply says `PENDING`, error
+    /// code [`CANCEL_QUEUED`]); with the stream empty the id is unknown.
+    async fn queue_cancellation(
+        &self,
+        cancel: &CancelTask,
+        reason: &str,
+    ) -> Result<TaskResult, ServiceError> {
+        let waiting = self
+            .jetstream
+            .get_stream(crate::streams::stream_name(&self.bus.subjects))
+            .await
+            .map_err(|e| ServiceError::unavailable(format!("cannot read the intake stream: {e}")))?
+            .info()
+            .await
+            .map_err(|e| ServiceError::unavailable(format!("cannot read the intake stream: {e}")))?
+            .state
+            .messages;
+        if waiting == 0 {
+            return Err(ServiceError::not_found(format!(
+                "task {} is not known, and no submission waits in the intake stream",
+                cancel.task_id
+            )));
+        }
+        self.store
+            .queue_cancellation(&cancel.task_id, reason)
+            .await
+            .map_err(|e| {
+                ServiceError::unavailable(format!("cannot record the cancellation: {e:#}"))
+            })?;
+        let notice = CancelTask {
+            task_id: cancel.task_id.clone(),
+            reason: reason.to_string(),
+        };
+        let payload = codec::encode(ContentType::Json, &notice)
+            .map_err(|e| ServiceError::internal(e.to_string()))?;
+        // Core NATS: a replica that misses it reloads its filter from the
+        // store (which has the cancellation) after its reconnect.
+        let _ = self
+            .bus
+            .client
+            .publish(cancel_queued_subject(&self.bus), payload.into())
+            .await;
+        Ok(TaskResult {
+            task_id: cancel.task_id.clone(),
+            status: TaskStatus::Pending as i32,
+            error: Some(concord_wire::v1::TaskError {
+                message: format!(
+                    "cancellation queued: no dispatcher holds task {} yet; if its submission waits in the intake stream it is cancelled when taken ({reason})",
+                    cancel.task_id
+                ),
+                retryable: false,
+                code: CANCEL_QUEUED.to_string(),
+            }),
+            ..TaskResult::default()
+        })
     }
 }
 

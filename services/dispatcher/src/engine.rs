@@ -78,6 +78,8 @@ pub struct Inputs {
     pub progress: Subscriber,
     /// `task.submitted` events (other replicas' new ids).
     pub known_feed: Subscriber,
+    /// `<root>.dispatcher.cancel_queued`: ids with a queued cancellation.
+    pub cancel_queued: Subscriber,
     /// Changes on each NATS disconnect and reconnect.
     pub connection: tokio::sync::watch::Receiver<u64>,
 }
@@ -294,6 +296,7 @@ impl Engine {
                 Some(command) = inputs.commands.recv() => self.on_command(command).await,
                 Some(batch) = inputs.pulled.recv() => self.on_pulled(batch).await,
                 Some(message) = inputs.known_feed.next() => self.on_known_event(&message),
+                Some(message) = inputs.cancel_queued.next() => self.on_cancel_queued(&message),
                 Some((generation, loaded)) = self.known_loaded.1.recv() => self.on_known_loaded(generation, loaded),
                 Ok(()) = inputs.connection.changed() => {
                     // Events may have been missed while disconnected.
@@ -515,6 +518,18 @@ impl Engine {
         // second insertion; while it loads, every id is kept for it.
         if !self.known.is_loaded() || !self.known.may_be_known(&event.aggregate_id) {
             self.known.insert(&event.aggregate_id);
+        }
+    }
+
+    /// A cancellation was queued for a task no replica holds: its id must be
+    /// looked up when its submission arrives (where the cancellation is
+    /// found), so the known-ids filter must not call it new.
+    fn on_cancel_queued(&mut self, message: &async_nats::Message) {
+        if let Ok(cancel) = concord_wire::codec::decode::<concord_wire::v1::CancelTask>(
+            concord_wire::codec::ContentType::Json,
+            &message.payload,
+        ) {
+            self.known.insert(&cancel.task_id);
         }
     }
 

@@ -137,6 +137,10 @@ pub async fn build_with(
         .client
         .subscribe(feed.subjects.event("task", "submitted"))
         .await?;
+    let cancel_queued = bus
+        .client
+        .subscribe(endpoints::cancel_queued_subject(&bus))
+        .await?;
     let (command_tx, command_rx) = mpsc::channel(1024);
     let holder = bus
         .client
@@ -181,6 +185,7 @@ pub async fn build_with(
         replies,
         progress,
         known_feed,
+        cancel_queued,
         connection: feed.connection_changes(),
     };
     let grace = context.shutdown_grace;

@@ -156,6 +156,13 @@ from tasks where task_id = any($1)";
 
 const EXISTING_EVENTS: &str = "select event_id from events where event_id = any($1)";
 
+const QUEUE_CANCELLATION: &str = "\
+insert into task_cancellations (task_id, reason) values ($1, $2)
+on conflict (task_id) do update set reason = excluded.reason, requested_at = now()";
+
+const QUEUED_CANCELLATIONS: &str =
+    "select task_id, reason from task_cancellations where task_id = any($1)";
+
 #[derive(sqlx::FromRow)]
 struct Row {
     task_id: String,
@@ -231,8 +238,12 @@ impl TaskStore {
         .fetch_one(&mut *conn)
         .await?;
         let mut filter = Bloom::with_capacity(estimate as usize * 2);
-        let mut ids =
-            sqlx::query_scalar::<_, String>("select task_id from tasks").fetch(&mut *conn);
+        // Ids with a queued cancellation count as known: their submissions
+        // must be looked up when they arrive.
+        let mut ids = sqlx::query_scalar::<_, String>(
+            "select task_id from tasks union all select task_id from task_cancellations",
+        )
+        .fetch(&mut *conn);
         while let Some(id) = ids.try_next().await? {
             filter.insert(&id);
         }
@@ -253,6 +264,33 @@ impl TaskStore {
         rows.into_iter()
             .map(|row| row.into_view().map(|view| (view.task_id.clone(), view)))
             .collect()
+    }
+
+    /// Records a cancellation for a task whose submission no replica has
+    /// taken yet (see [`TaskStore::queued_cancellations`]); a second one
+    /// replaces the reason.
+    pub async fn queue_cancellation(&self, id: &str, reason: &str) -> anyhow::Result<()> {
+        sqlx::query(QUEUE_CANCELLATION)
+            .bind(id)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The queued cancellations (task id → reason) among these ids.
+    pub async fn queued_cancellations(
+        &self,
+        ids: &[String],
+    ) -> anyhow::Result<HashMap<String, String>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as(QUEUED_CANCELLATIONS)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// One task's view, if stored.

@@ -24,8 +24,12 @@ pub struct Intake {
     received: Instant,
 }
 
+/// What the store holds for looked-up ids: task views, and for ids without
+/// one the queued cancellations (task id → reason).
+pub(super) type Stored = (HashMap<String, TaskView>, HashMap<String, String>);
+
 /// The answer of a lookup: the intakes and what the store holds for them.
-pub(super) type Looked = (Vec<Intake>, anyhow::Result<HashMap<String, TaskView>>);
+pub(super) type Looked = (Vec<Intake>, anyhow::Result<Stored>);
 
 /// Namespace of dead-letter ids derived from a submission's stream position.
 const DEAD_LETTER_NAMESPACE: uuid::Uuid =
@@ -115,7 +119,16 @@ impl Engine {
         let store = self.store.clone();
         let answer = self.looked.0.clone();
         tokio::spawn(async move {
-            let result = store.lookup(&ids).await;
+            let result = async {
+                let views = store.lookup(&ids).await?;
+                let unseen: Vec<String> = ids
+                    .into_iter()
+                    .filter(|id| !views.contains_key(id))
+                    .collect();
+                let cancellations = store.queued_cancellations(&unseen).await?;
+                Ok((views, cancellations))
+            }
+            .await;
             let _ = answer.send((lookups, result));
         });
     }
@@ -155,7 +168,7 @@ impl Engine {
                 return;
             }
         };
-        let mut stored = stored;
+        let (mut stored, mut cancellations) = stored;
         for mut intake in intakes {
             // Drop the placeholder (keeping its newest delivery); admit()
             // holds the task for real.
@@ -177,6 +190,17 @@ impl Engine {
                         let _ = intake.message.ack().await;
                     }
                 }
+                None => match cancellations.remove(&intake.spec.id) {
+                    // Cancelled while it waited in the stream: recorded as
+                    // submitted and cancelled, never run.
+                    Some(reason) => {
+                        let id = intake.spec.id.clone();
+                        self.admit(intake, None);
+                        let (reply, _) = tokio::sync::oneshot::channel();
+                        self.cancel(&id, &reason, reply).await;
+                    }
+                    None => self.admit(intake, None),
+                },
                 other => self.admit(intake, other),
             }
         }
