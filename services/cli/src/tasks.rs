@@ -352,7 +352,16 @@ pub async fn run(bus: &Bus, command: TaskCommand) -> anyhow::Result<ExitCode> {
             };
             println!("{}", crate::json::pretty(&result)?);
             let status = status_of(&result);
-            if was_final || status != TaskStatus::Cancelled {
+            let queued = status == TaskStatus::Pending
+                && result
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.code == "cancel_queued");
+            if queued {
+                eprintln!(
+                    "note: task {id} still waits in the intake stream; it is cancelled when a dispatcher takes it (follow it with `concord task watch {id}`)"
+                );
+            } else if was_final || status != TaskStatus::Cancelled {
                 eprintln!(
                     "note: task {id} had already finished ({}); nothing was cancelled",
                     status.as_str_name()

@@ -291,6 +291,49 @@ async fn task_cancel_stops_a_long_running_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_cancel_of_a_submission_still_in_the_stream_is_queued_and_says_so() {
+    let config = concord_dispatcher::DispatcherConfig {
+        max_held: 1,
+        no_agent_wait: Duration::from_secs(120),
+        ..test_config()
+    };
+    let stack = Stack::start(config).await;
+    // Two held tasks fill the replica (nobody offers "absent"); the third
+    // waits in the intake stream.
+    for id in ["t-fill-1", "t-fill-2"] {
+        stack
+            .ok(&["submit", "--capability", "absent", "--id", id])
+            .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while stack.store.get(id).await.unwrap().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "{id} never held");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    stack
+        .ok(&["submit", "--capability", "absent", "--id", "t-queued"])
+        .await;
+    let output = stack
+        .concord(&["task", "cancel", "t-queued", "--reason", "operator"])
+        .await;
+    assert!(output.status.success());
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["status"], "PENDING", "{result}");
+    assert_eq!(result["error"]["code"], "cancel_queued", "{result}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("still waits in the intake stream"),
+        "{stderr}"
+    );
+    // Once the replica has room, the task ends cancelled without running.
+    for id in ["t-fill-1", "t-fill-2"] {
+        stack.ok(&["task", "cancel", id]).await;
+    }
+    stack.wait_for("t-queued", TaskStatus::Cancelled).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_replay_project_tasks_verifies_and_rebuilds_the_projection() {
     let mut stack = Stack::start(test_config()).await;
     stack.agent("echo-p", EchoAgent, 4).await;
