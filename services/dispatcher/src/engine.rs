@@ -533,6 +533,21 @@ impl Engine {
         }
     }
 
+    /// Acknowledges a submission on the connection its result was just
+    /// published on (the events connection), so the server receives the
+    /// result before the ack: a replica killed in between leaves the
+    /// submission unacknowledged (redelivered, its result re-published),
+    /// never acknowledged with its result lost. On the other connection the
+    /// ack could overtake the result.
+    pub(super) async fn ack_after_result(&self, message: &jetstream::Message) {
+        if let Some(reply) = &message.reply {
+            let ack = bytes::Bytes::from_static(b"+ACK");
+            if let Err(error) = self.feed.client.publish(reply.clone(), ack).await {
+                tracing::debug!(%error, "cannot acknowledge a submission; it will be redelivered");
+            }
+        }
+    }
+
     /// Tells JetStream that long-held submissions are still being worked on.
     async fn extend_acks(&mut self) {
         let now = Instant::now();

@@ -187,7 +187,7 @@ impl Engine {
                         // redelivered after a crash between commit and ack.
                         self.metrics.duplicates.inc();
                         publish_result(&self.feed, &view.result(), true).await;
-                        let _ = intake.message.ack().await;
+                        self.ack_after_result(&intake.message).await;
                     }
                 }
                 None => match cancellations.remove(&intake.spec.id) {

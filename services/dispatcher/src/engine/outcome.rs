@@ -491,7 +491,7 @@ impl Engine {
                             .await
                     }
                 }
-                let _ = held.message.ack().await;
+                self.ack_after_result(&held.message).await;
                 if !held.waiters.is_empty() {
                     let result = held.view.result();
                     for waiter in held.waiters {
