@@ -210,9 +210,7 @@ impl Endpoints {
             ),
         ))
     }
-}
 
-impl Endpoints {
     /// A task neither held nor stored: while submissions wait in the intake
     /// stream, it may be one of them, so the cancellation is recorded and
     /// applied when the submission is taken (the reply says `PENDING`, error
@@ -227,9 +225,8 @@ impl Endpoints {
             .get_stream(crate::streams::stream_name(&self.bus.subjects))
             .await
             .map_err(|e| ServiceError::unavailable(format!("cannot read the intake stream: {e}")))?
-            .info()
-            .await
-            .map_err(|e| ServiceError::unavailable(format!("cannot read the intake stream: {e}")))?
+            // Fetched just now by `get_stream`: no second request.
+            .cached_info()
             .state
             .messages;
         if waiting == 0 {

@@ -286,10 +286,13 @@ impl TaskStore {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
+        // On the lookups' own connections, like the lookup it follows.
+        let mut conn = self.direct.take().await?;
         let rows: Vec<(String, String)> = sqlx::query_as(QUEUED_CANCELLATIONS)
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
+        conn.release();
         Ok(rows.into_iter().collect())
     }
 
