@@ -271,44 +271,6 @@ async fn bad_registrations_name_the_field_store_nothing_and_are_dead_lettered() 
 }
 
 #[tokio::test]
-async fn a_different_public_key_cannot_take_over_an_id() -> anyhow::Result<()> {
-    let world = World::start().await?;
-    let running = start(&world, &ManualClock::new()).await?;
-    let bus = world.bus("client").await?;
-    let key_a = "A".repeat(43) + "=";
-    let key_b = "B".repeat(42) + "E=";
-
-    let mut owner = registration("k1");
-    owner.public_key = key_a.clone();
-    register(&bus, &owner).await?;
-
-    let mut impostor = registration("k1");
-    impostor.public_key = key_b;
-    impostor.name = "impostor".into();
-    let error = register(&bus, &impostor).await.unwrap_err();
-    assert_eq!(error.code, ErrorCode::AlreadyExists);
-    assert_eq!(error.field.as_deref(), Some("publicKey"));
-    // Dropping the key is refused too.
-    impostor.public_key.clear();
-    assert_eq!(
-        register(&bus, &impostor).await.unwrap_err().code,
-        ErrorCode::AlreadyExists
-    );
-
-    let stored = get(&bus, "k1").await?;
-    assert_eq!(stored.name, "agent k1");
-    assert_eq!(stored.public_key, key_a);
-    // The owner can still update.
-    owner.version = "2.0.0".into();
-    assert_eq!(
-        register(&bus, &owner).await?.agent.unwrap().version,
-        "2.0.0"
-    );
-    running.stop().await;
-    Ok(())
-}
-
-#[tokio::test]
 async fn liveness_moves_to_suspect_then_unavailable_and_back_on_heartbeat() -> anyhow::Result<()> {
     let world = World::start().await?;
     let clock = ManualClock::new();

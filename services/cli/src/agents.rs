@@ -1,12 +1,12 @@
-//! `concord agents list|get|deregister`: the registry's directory, over NATS.
+//! `concord agents list|get|remove`: the registry's directory, over NATS.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use concord_bus::Bus;
 use concord_wire::v1::{
-    AgentRecord, DeregisterAgent, DeregisterAgentReply, DiscoverAgents, DiscoverAgentsReply,
-    GetAgent, Liveness,
+    AgentRecord, DiscoverAgents, DiscoverAgentsReply, GetAgent, Liveness, RemoveAgent,
+    RemoveAgentReply,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,8 +33,15 @@ pub enum AgentsCommand {
     },
     /// Show one agent as JSON.
     Get { id: String },
-    /// Remove an agent from the directory.
-    Deregister { id: String },
+    /// Remove an agent and tell it to stop: its next heartbeat is answered
+    /// AGENT_REMOVED, so it does not register again on its own.
+    #[command(alias = "deregister")]
+    Remove {
+        id: String,
+        /// Why (kept on the record and in the `agent.removed` event).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 fn parse_liveness(value: &str) -> Result<Liveness, String> {
@@ -105,15 +112,19 @@ pub async fn run(bus: &Bus, command: AgentsCommand) -> anyhow::Result<ExitCode> 
             println!("{}", serde_json::to_string_pretty(&agent)?);
             Ok(ExitCode::SUCCESS)
         }
-        AgentsCommand::Deregister { id } => {
-            let _: DeregisterAgentReply = bus
+        AgentsCommand::Remove { id, reason } => {
+            let reply: RemoveAgentReply = bus
                 .request(
-                    bus.subjects.endpoint("registry", "deregister"),
-                    &DeregisterAgent { id: id.clone() },
+                    bus.subjects.endpoint("registry", "remove"),
+                    &RemoveAgent {
+                        id: id.clone(),
+                        reason,
+                    },
                     TIMEOUT,
                 )
                 .await?;
-            println!("deregistered {id}");
+            let reason = reply.agent.map(|a| a.removed_reason).unwrap_or_default();
+            println!("removed {id} ({reason}); a running agent stops at its next heartbeat");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,5 +1,5 @@
 //! `concord agents` against a real registry (in-process, real NATS and
-//! Postgres): list with filters, get, deregister, and a clear error when the
+//! Postgres): list with filters, get, remove, and a clear error when the
 //! agent does not exist.
 
 use std::process::Command;
@@ -23,7 +23,7 @@ fn concord(nats: &NatsServer, args: &[&str]) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_list_get_and_deregister() -> anyhow::Result<()> {
+async fn agents_list_get_and_remove() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let db = TestDatabase::create().await?;
     let context = concord_runtime::ServiceContext::connect(
@@ -103,12 +103,13 @@ async fn agents_list_get_and_deregister() -> anyhow::Result<()> {
     let record: serde_json::Value = serde_json::from_slice(&got.stdout)?;
     assert_eq!(record["capabilities"][0]["name"], "summarize");
 
-    let gone = run(vec!["agents", "deregister", "a2"]).await?;
+    let gone = run(vec!["agents", "remove", "a2", "--reason", "retired"]).await?;
     assert!(
         gone.status.success(),
         "{}",
         String::from_utf8_lossy(&gone.stderr)
     );
+    assert!(String::from_utf8_lossy(&gone.stdout).contains("removed a2 (retired)"));
     let missing = run(vec!["agents", "get", "a2"]).await?;
     assert!(!missing.status.success());
     let stderr = String::from_utf8_lossy(&missing.stderr);

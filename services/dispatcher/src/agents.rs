@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::Subscriber;
 use concord_directory::SharedDirectory;
+use concord_identity::{Claim, SIGNATURE, SIGNED_AT, SIGNER, Verifier, purpose};
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{AgentHealth, AgentRecord, Heartbeat};
 use futures::StreamExt;
@@ -133,7 +134,17 @@ impl Loads {
 
 /// Listens to `<root>.registry.heartbeat` (a plain subscription: every
 /// dispatcher replica sees every heartbeat; the registry answers them).
-pub async fn listen_heartbeats(mut subscriber: Subscriber, loads: Loads, stop: CancellationToken) {
+/// A heartbeat of an agent the directory lists with a public key counts only
+/// if its signature verifies (the registry refuses the others), so nobody
+/// can steer routing by reporting loads or health for another agent.
+pub async fn listen_heartbeats(
+    mut subscriber: Subscriber,
+    loads: Loads,
+    directory: SharedDirectory,
+    refused: prometheus_client::metrics::counter::Counter,
+    stop: CancellationToken,
+) {
+    let verifier = Verifier::default();
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => break,
@@ -148,11 +159,50 @@ pub async fn listen_heartbeats(mut subscriber: Subscriber, loads: Loads, stop: C
         ))
         .unwrap_or(ContentType::Json);
         // Malformed heartbeats are the registry's to refuse; ignore them here.
-        if let Ok(beat) = codec::decode::<Heartbeat>(content_type, &message.payload) {
+        let Ok(beat) = codec::decode::<Heartbeat>(content_type, &message.payload) else {
+            continue;
+        };
+        if heartbeat_is_genuine(&verifier, &directory, &beat, &message) {
             loads.heartbeat(&beat);
+        } else {
+            refused.inc();
         }
     }
     let _ = subscriber.unsubscribe().await;
+}
+
+/// Whether `beat` may be believed: its agent has no key in the directory
+/// (or is not there yet), or the signature verifies with that key.
+fn heartbeat_is_genuine(
+    verifier: &Verifier,
+    directory: &SharedDirectory,
+    beat: &Heartbeat,
+    message: &async_nats::Message,
+) -> bool {
+    let public_key = {
+        let directory = directory.read().expect("directory lock poisoned");
+        match directory.get(&beat.agent_id) {
+            Some(record) if !record.public_key.is_empty() => record.public_key.clone(),
+            _ => return true,
+        }
+    };
+    let headers = message.headers.as_ref();
+    let header = |name| concord_bus::headers::get(headers, name);
+    let claim = Claim::from_headers(header(SIGNER), header(SIGNED_AT), header(SIGNATURE));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    verifier
+        .verify_as(
+            &beat.agent_id,
+            &public_key,
+            purpose::HEARTBEAT,
+            &message.payload,
+            &claim,
+            now_ms,
+        )
+        .is_ok()
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ pub async fn build_with(
     service.spawn_background(agents::listen_heartbeats(
         heartbeats,
         loads.clone(),
+        directory.clone(),
+        metrics.heartbeats_refused.clone(),
         stop.clone(),
     ));
 

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub stale_replies: Counter,
     /// Intake pulls started again because the server had lost ours.
     pub pull_restarts: Counter,
+    /// Heartbeats of agents with a key whose signature did not verify.
+    pub heartbeats_refused: Counter,
     pub lookups: Counter,
     pub lookups_skipped: Counter,
     pub known_ids_bytes: Gauge,
@@ -76,6 +78,7 @@ impl Metrics {
             lease_expired: Counter::default(),
             stale_replies: Counter::default(),
             pull_restarts: Counter::default(),
+            heartbeats_refused: Counter::default(),
             lookups: Counter::default(),
             lookups_skipped: Counter::default(),
             known_ids_bytes: Gauge::default(),
@@ -95,7 +98,7 @@ impl Metrics {
             "Time tasks spend in each stage: intake (delivery to first assignment), agent (one attempt), commit (final outcome to result)",
             stages,
         );
-        let counters: [(&str, &str, &Counter); 14] = [
+        let counters: [(&str, &str, &Counter); 15] = [
             (
                 "dispatcher_lookups",
                 "Submissions whose stored state was looked up (redeliveries, ids that may have been used)",
@@ -165,6 +168,11 @@ impl Metrics {
                 "dispatcher_intake_pull_restarts",
                 "Intake pulls started again: submissions pending, no pull request open at the server, nothing delivered for 2 s",
                 &metrics.pull_restarts,
+            ),
+            (
+                "dispatcher_heartbeats_refused",
+                "Heartbeats not used for routing: the agent has a key and the signature did not verify",
+                &metrics.heartbeats_refused,
             ),
         ];
         for (name, help, counter) in counters {

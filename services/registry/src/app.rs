@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::RegistryConfig;
+use crate::identity::Identity;
 use crate::liveness::{self, TransitionKind};
 use crate::store::{AgentStore, ChangedRow, PendingHeartbeat, PlannedTransition};
 use crate::validate::Limits;
@@ -55,6 +56,18 @@ struct Inner {
     heartbeats: Mutex<HashMap<String, PendingHeartbeat>>,
     outcomes: Mutex<HashMap<String, (i64, i64)>>,
     metrics: Metrics,
+    identity: Identity,
+}
+
+/// What the registry knows of an agent id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Registered; `public_key` is empty for an agent without a key.
+    Registered { public_key: String },
+    /// An operator removed it; the reason it was given.
+    Removed { reason: String },
+    /// Never registered, or deregistered itself.
+    Unknown,
 }
 
 impl Registry {
@@ -79,8 +92,15 @@ impl Registry {
             "Agents in this replica's directory",
             metrics.agents.clone(),
         );
+        let identity = Identity::new(config.signature_max_skew, config.require_signatures);
+        context.metrics.register(
+            "registry_identity_faults",
+            "Requests refused for their signature (PERMISSION_DENIED), by request and reason",
+            identity.faults(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
+                identity,
                 store: AgentStore::new(context.pool.clone()),
                 bucket,
                 directory: Arc::new(RwLock::new(Directory::new())),
@@ -104,6 +124,11 @@ impl Registry {
 
     pub fn config(&self) -> &RegistryConfig {
         &self.inner.config
+    }
+
+    /// Signature checks (see [`crate::identity`]).
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
     }
 
     pub fn limits(&self) -> &Limits {
@@ -161,21 +186,35 @@ impl Registry {
         self.inner.metrics.agents.set(directory.len() as i64);
     }
 
-    /// Whether `agent_id` is registered, from the local copy or, when this
-    /// replica has not seen it yet, from Postgres.
-    pub async fn is_registered(&self, agent_id: &str) -> Result<bool, ServiceError> {
-        if self
+    /// What the registry knows of `agent_id`, from the local copy or, when
+    /// this replica has not seen it, from Postgres.
+    pub async fn standing(&self, agent_id: &str) -> Result<Standing, ServiceError> {
+        if let Some(record) = self
             .inner
             .directory
             .read()
             .expect("directory lock poisoned")
             .get(agent_id)
-            .is_some()
         {
-            return Ok(true);
+            return Ok(Standing::Registered {
+                public_key: record.public_key.clone(),
+            });
         }
         let row = self.inner.store.get(agent_id).await.map_err(unavailable)?;
-        Ok(row.is_some_and(|row| row.deregistered_at.is_none()))
+        Ok(match row {
+            Some(row) if row.deregistered_at.is_none() => Standing::Registered {
+                public_key: row.public_key,
+            },
+            Some(row) => {
+                let reason = row.to_record().removed_reason;
+                if reason.is_empty() {
+                    Standing::Unknown
+                } else {
+                    Standing::Removed { reason }
+                }
+            }
+            None => Standing::Unknown,
+        })
     }
 
     /// Buffers a heartbeat; [`Registry::flush_heartbeats`] writes it.
@@ -383,6 +422,14 @@ impl Registry {
         self.announce(&[], &records).await;
         Ok(records.len())
     }
+}
+
+/// The answer to an agent an operator removed: stop, do not register again.
+pub fn removed(agent_id: &str, reason: &str) -> ServiceError {
+    ServiceError::new(
+        concord_wire::v1::ErrorCode::AgentRemoved,
+        format!("agent {agent_id} was removed ({reason}); stop and do not register again"),
+    )
 }
 
 /// A storage failure as the client sees it.

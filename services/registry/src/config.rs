@@ -30,6 +30,18 @@ pub struct RegistryArgs {
         default_value_t = 6
     )]
     pub unavailable_after_missed: u32,
+    /// Refuse agents that register without an ed25519 public key: every
+    /// agent then signs its registration, heartbeats and deregistration.
+    #[arg(long = "require-signatures", env = "CONCORD_REQUIRE_SIGNATURES")]
+    pub require_signatures: bool,
+    /// Seconds a signature's `Concord-Signed-At` may be away from the
+    /// registry's clock, either way (clock skew between hosts).
+    #[arg(
+        long = "signature-max-skew",
+        env = "CONCORD_SIGNATURE_MAX_SKEW",
+        default_value_t = 300
+    )]
+    pub signature_max_skew_secs: u32,
 }
 
 /// Everything the registry needs besides its connections.
@@ -45,6 +57,10 @@ pub struct RegistryConfig {
     /// Run the periodic flush/sweep tasks (tests drive them by hand instead).
     pub background: bool,
     pub clock: Arc<dyn Clock>,
+    /// Refuse registrations without a public key.
+    pub require_signatures: bool,
+    /// How far a signing time may be from the registry's clock.
+    pub signature_max_skew: Duration,
 }
 
 impl RegistryConfig {
@@ -61,6 +77,8 @@ impl RegistryConfig {
         })?;
         Ok(Self {
             liveness,
+            require_signatures: args.require_signatures,
+            signature_max_skew: Duration::from_secs(u64::from(args.signature_max_skew_secs)),
             ..Self::default()
         })
     }
@@ -75,6 +93,8 @@ impl Default for RegistryConfig {
             reputation_interval: Duration::from_secs(2),
             background: true,
             clock: Arc::new(SystemClock),
+            require_signatures: false,
+            signature_max_skew: Duration::from_millis(concord_identity::DEFAULT_MAX_SKEW_MS),
         }
     }
 }

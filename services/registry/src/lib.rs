@@ -2,7 +2,9 @@
 //! can do, whether they are alive).
 //!
 //! Requests (service `concord-registry`, queue group `q`):
-//! `<root>.registry.register`, `.deregister`, `.heartbeat`, `.discover`, `.get`.
+//! `<root>.registry.register`, `.deregister`, `.heartbeat`, `.discover`, `.get`,
+//! `.remove` (operators). Agents with a public key sign their requests
+//! ([`identity`]).
 //! Agents are stored in Postgres (`registry_agents`), every change is an
 //! `agent.*` event, and the directory is published to the JetStream KV bucket
 //! `<ROOT>_AGENTS` for other services to watch. See docs/PROTOCOL.md.
@@ -11,6 +13,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod handlers;
+pub mod identity;
 pub mod liveness;
 pub mod reputation;
 pub mod store;
@@ -75,6 +78,7 @@ pub async fn build_with(
     endpoint!(endpoint_untraced, "heartbeat", handlers::heartbeat::handle);
     endpoint!(endpoint, "discover", handlers::discover::handle);
     endpoint!(endpoint, "get", handlers::get::handle);
+    endpoint!(endpoint, "remove", handlers::remove::handle);
 
     service.spawn_background(reputation::listen(
         registry.clone(),

@@ -83,8 +83,7 @@ impl Default for Limits {
     }
 }
 
-/// Length in bytes of an ed25519 public key.
-pub const PUBLIC_KEY_LEN: usize = 32;
+pub use concord_identity::PUBLIC_KEY_LEN;
 
 /// A registration that passed [`validate_registration`], normalised.
 #[derive(Debug, Clone, PartialEq)]
@@ -362,20 +361,25 @@ fn validate_labels(labels: &BTreeMap<String, String>, limits: &Limits) -> Result
 }
 
 fn decode_public_key(encoded: &str) -> Result<[u8; PUBLIC_KEY_LEN], ServiceError> {
-    STANDARD
-        .decode(encoded)
-        .ok()
-        .and_then(|bytes| <[u8; PUBLIC_KEY_LEN]>::try_from(bytes).ok())
-        .ok_or_else(|| {
-            ServiceError::invalid("publicKey", "must be base64 of a 32-byte ed25519 key")
-        })
+    concord_identity::decode_public_key(encoded)
+        .map(|key| key.to_bytes())
+        .map_err(|error| ServiceError::invalid("publicKey", error.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const KEY: [u8; 32] = [7; 32];
+    /// The public key of seed `[7; 32]` (shared/identity/tests/vectors.json).
+    const KEY: [u8; 32] = [
+        234, 74, 108, 99, 226, 156, 82, 10, 190, 245, 80, 123, 19, 46, 197, 249, 149, 71, 118, 174,
+        190, 190, 123, 146, 66, 30, 234, 105, 20, 70, 210, 44,
+    ];
+    /// The public key of seed `[0xab; 32]`.
+    const OTHER_KEY: [u8; 32] = [
+        36, 138, 203, 219, 175, 158, 5, 1, 150, 222, 112, 75, 234, 45, 104, 119, 14, 81, 145, 80,
+        209, 3, 181, 135, 218, 226, 217, 202, 213, 61, 217, 48,
+    ];
 
     fn valid_msg() -> RegisterAgent {
         RegisterAgent {
@@ -741,7 +745,7 @@ mod tests {
 
     #[test]
     fn public_key_must_be_32_bytes_of_standard_base64() {
-        let message = "must be base64 of a 32-byte ed25519 key";
+        let message = "base64 of a 32-byte ed25519 key";
         let url_safe = base64::engine::general_purpose::URL_SAFE.encode([0xfb_u8; 32]);
         let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(KEY);
         for bad in [
@@ -756,8 +760,14 @@ mod tests {
         ] {
             rejects(&with(|m| m.public_key = bad.clone()), "publicKey", message);
         }
-        let valid = register(&with(|m| m.public_key = STANDARD.encode([0xfb_u8; 32]))).unwrap();
-        assert_eq!(valid.public_key, Some([0xfb; 32]));
+        // 32 bytes that are not a point on the curve.
+        rejects(
+            &with(|m| m.public_key = STANDARD.encode([7_u8; 32])),
+            "publicKey",
+            "not a valid ed25519 public key",
+        );
+        let valid = register(&with(|m| m.public_key = STANDARD.encode(OTHER_KEY))).unwrap();
+        assert_eq!(valid.public_key, Some(OTHER_KEY));
     }
 
     #[test]
@@ -836,7 +846,7 @@ mod tests {
     fn key_change_is_refused_but_adding_a_key_is_not() {
         let with_key = register(&valid_msg()).unwrap();
         let without_key = register(&with(|m| m.public_key.clear())).unwrap();
-        let other_key = register(&with(|m| m.public_key = STANDARD.encode([9_u8; 32]))).unwrap();
+        let other_key = register(&with(|m| m.public_key = STANDARD.encode(OTHER_KEY))).unwrap();
         let stored = STANDARD.encode(KEY);
 
         assert!(check_key_change("", &without_key).is_ok());

@@ -239,6 +239,25 @@ impl Bus {
         Req: concord_wire::codec::WireMessage,
         Resp: concord_wire::codec::WireMessage,
     {
+        self.request_with(subject, request, timeout, |_| Vec::new())
+            .await
+    }
+
+    /// [`Bus::request`] with extra headers made from the encoded payload
+    /// (an agent's signature over the exact bytes sent, for example). A
+    /// retried send carries the same headers.
+    pub async fn request_with<Req, Resp, F>(
+        &self,
+        subject: String,
+        request: &Req,
+        timeout: Duration,
+        extra_headers: F,
+    ) -> Result<Resp, crate::ServiceError>
+    where
+        Req: concord_wire::codec::WireMessage,
+        Resp: concord_wire::codec::WireMessage,
+        F: FnOnce(&[u8]) -> Vec<(&'static str, String)>,
+    {
         use concord_wire::codec::{self, ContentType};
         use concord_wire::v1::ErrorCode;
 
@@ -247,11 +266,15 @@ impl Bus {
         let payload: bytes::Bytes = codec::encode(ContentType::Json, request)
             .map_err(|error| crate::ServiceError::invalid(error.field.clone(), error.message))?
             .into();
+        let extra = extra_headers(&payload);
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
         let mut pause = Duration::from_millis(5);
         let message = loop {
-            let headers = crate::headers::outgoing(ContentType::Json.as_str());
+            let mut headers = crate::headers::outgoing(ContentType::Json.as_str());
+            for (name, value) in &extra {
+                headers.insert(*name, value.as_str());
+            }
             let send = self
                 .client
                 .request_with_headers(subject.clone(), headers, payload.clone());

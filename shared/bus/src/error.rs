@@ -49,6 +49,16 @@ impl ServiceError {
         Self::new(ErrorCode::Unavailable, message)
     }
 
+    /// The caller may not do this (a bad or missing signature); `field`
+    /// names the header or field to blame.
+    pub fn permission_denied(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::PermissionDenied,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
@@ -59,11 +69,13 @@ impl ServiceError {
     }
 
     /// Whether the request itself was at fault (and so is kept as a dead letter):
-    /// retrying the same bytes can never succeed.
+    /// retrying the same bytes can never succeed. A refused signature counts:
+    /// the forged or broken request is kept for the operator.
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self.code,
             ErrorCode::InvalidArgument
+                | ErrorCode::PermissionDenied
                 | ErrorCode::UnsupportedContentType
                 | ErrorCode::PayloadTooLarge
         )

@@ -11,6 +11,16 @@ use crate::EventPublisher;
 
 /// Reason recorded for requests refused because of their content.
 pub const REASON_INVALID_INPUT: &str = "invalid_input";
+/// Reason recorded for requests refused for their signature (`PERMISSION_DENIED`).
+pub const REASON_PERMISSION_DENIED: &str = "permission_denied";
+
+/// The dead-letter reason of a refused request.
+pub fn reason_of(error: &concord_bus::ServiceError) -> &'static str {
+    match error.code {
+        concord_wire::v1::ErrorCode::PermissionDenied => REASON_PERMISSION_DENIED,
+        _ => REASON_INVALID_INPUT,
+    }
+}
 
 /// [`RejectSink`] backed by the dead-letter table.
 pub struct StoreRejectSink {
@@ -28,12 +38,13 @@ impl RejectSink for StoreRejectSink {
     fn reject(&self, rejected: Rejected) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let id = uuid::Uuid::now_v7();
+            let reason = reason_of(&rejected.error);
             let letter = NewDeadLetter {
                 id,
                 subject: rejected.subject.clone(),
                 headers: rejected.headers,
                 payload: rejected.payload.to_vec(),
-                reason: REASON_INVALID_INPUT.to_string(),
+                reason: reason.to_string(),
                 error: rejected.error.message.clone(),
                 attempts: 1,
                 source: rejected.service.clone(),
@@ -52,7 +63,7 @@ impl RejectSink for StoreRejectSink {
                 "dead_letter.created",
                 serde_json::json!({
                     "subject": rejected.subject,
-                    "reason": REASON_INVALID_INPUT,
+                    "reason": reason,
                     "error": rejected.error.message,
                     "field": rejected.error.field,
                     "source": rejected.service,

@@ -31,6 +31,8 @@ mod events;
 mod service;
 
 pub use context::{ServiceContext, ServiceInfo, StartupError, run_service};
-pub use dead_letters::{REASON_INVALID_INPUT, StoreRejectSink};
+pub use dead_letters::{
+    REASON_INVALID_INPUT, REASON_PERMISSION_DENIED, StoreRejectSink, reason_of,
+};
 pub use events::{EmitError, EventPublisher, event_json, publish as publish_events};
 pub use service::Service;

@@ -9,7 +9,9 @@ use concord_bus::{BusConfig, Shutdown};
 use concord_config::{NatsArgs, TelemetryArgs};
 use concord_telemetry::{MetricsRegistry, MetricsServer, TelemetryConfig};
 
-use crate::{Agent, AgentConfig};
+use concord_identity::AgentKey;
+
+use crate::{Agent, AgentConfig, AgentError};
 
 /// Command-line configuration of an agent binary; flatten it into the
 /// binary's own `clap::Parser`.
@@ -25,7 +27,7 @@ use crate::{Agent, AgentConfig};
 /// }
 ///
 /// let cli = Cli::parse_from(["my-agent", "--agent-id", "a-1", "--max-concurrency", "4", "--label", "region=eu"]);
-/// let config = cli.agent.to_config("my-agent", "1.0.0");
+/// let config = cli.agent.to_config("my-agent", "1.0.0").unwrap();
 /// assert_eq!(config.id.as_deref(), Some("a-1"));
 /// assert_eq!(config.max_concurrency, 4);
 /// assert_eq!(config.labels["region"], "eu");
@@ -90,9 +92,12 @@ pub struct AgentArgs {
     )]
     pub labels: Vec<(String, String)>,
 
-    /// The agent's ed25519 public key, standard base64 of the 32 raw bytes.
-    #[arg(long = "public-key", env = "CONCORD_AGENT_PUBLIC_KEY")]
-    pub public_key: Option<String>,
+    /// File holding the agent's ed25519 key (the base64 seed; made, mode
+    /// 0600, when absent). The agent signs its registration, heartbeats and
+    /// deregistration with it. Without it an agent with a generated id uses
+    /// a key made for the process, and one with `--id` goes unsigned.
+    #[arg(long = "key-file", env = "CONCORD_AGENT_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -105,7 +110,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 impl AgentArgs {
     /// The [`AgentConfig`] these arguments describe; `binary` is the NATS
     /// client name and the default display name, `version` the agent's version.
-    pub fn to_config(&self, binary: &str, version: &str) -> AgentConfig {
+    pub fn to_config(&self, binary: &str, version: &str) -> Result<AgentConfig, AgentError> {
         let nats = &self.nats;
         let bus = BusConfig::from_args(nats, binary);
         let mut config = AgentConfig::new(self.name.clone().unwrap_or(binary.to_string()), bus)
@@ -114,9 +119,16 @@ impl AgentArgs {
             .with_heartbeat_interval(Duration::from_millis(self.heartbeat_interval_ms))
             .with_shutdown_grace(Duration::from_secs(self.shutdown_grace_secs));
         config.id = self.id.clone();
-        config.public_key = self.public_key.clone();
+        if let Some(path) = &self.key_file {
+            let key =
+                AgentKey::load_or_create(path).map_err(|error| AgentError::InvalidConfig {
+                    field: "key",
+                    reason: format!("{error}; check --key-file / CONCORD_AGENT_KEY_FILE"),
+                })?;
+            config.key = Some(key);
+        }
         config.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
-        config
+        Ok(config)
     }
 }
 
@@ -174,7 +186,9 @@ pub fn run_main<A: Agent>(
             concord_telemetry::init(&TelemetryConfig::from_args(&args.telemetry, binary))
                 .map_err(|error| error.to_string())?;
         let shutdown = Shutdown::on_signals();
-        let mut config = args.to_config(binary, version);
+        let mut config = args
+            .to_config(binary, version)
+            .map_err(|error| error.to_string())?;
         let metrics = match args.telemetry.metrics_addr {
             Some(addr) => {
                 let registry = MetricsRegistry::with_prefix("concord");
@@ -196,7 +210,15 @@ pub fn run_main<A: Agent>(
             server.stopped().await;
         }
         telemetry.shutdown(Duration::from_secs(5));
-        outcome.map_err(|error| error.to_string())
+        match outcome {
+            // An operator said stop: a clean exit, so a supervisor that
+            // restarts failed processes leaves it stopped.
+            Err(error @ AgentError::Removed { .. }) => {
+                tracing::warn!(%error, "stopped");
+                Ok(())
+            }
+            other => other.map_err(|error| error.to_string()),
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,7 +247,10 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let config = Cli::parse_from(["x"]).agent.to_config("bin", "1.2.3");
+        let config = Cli::parse_from(["x"])
+            .agent
+            .to_config("bin", "1.2.3")
+            .unwrap();
         assert_eq!(config.name, "bin");
         assert_eq!(config.version, "1.2.3");
         assert_eq!(config.nats.client_name, "bin");
@@ -239,6 +264,8 @@ mod tests {
 
     #[test]
     fn flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("agent.key");
         let config = Cli::parse_from([
             "x",
             "--agent-id",
@@ -255,11 +282,12 @@ mod tests {
             "region=eu",
             "--label",
             "tier=gpu,zone=b",
-            "--public-key",
-            "k",
+            "--key-file",
+            key_file.to_str().unwrap(),
         ])
         .agent
-        .to_config("bin", "1");
+        .to_config("bin", "1")
+        .unwrap();
         assert_eq!(config.id.as_deref(), Some("a-1"));
         assert_eq!(config.name, "Alice");
         assert_eq!(config.nats.subject_root, "t1");
@@ -267,7 +295,22 @@ mod tests {
         assert_eq!(config.shutdown_grace, Duration::from_secs(3));
         assert_eq!(config.labels.len(), 3);
         assert_eq!(config.labels["zone"], "b");
-        assert_eq!(config.public_key.as_deref(), Some("k"));
+        // The key file is made on first use and read back afterwards.
+        let made = config.key.expect("a key from --key-file");
+        let read = concord_identity::AgentKey::load_or_create(&key_file).unwrap();
+        assert_eq!(made.public_key_base64(), read.public_key_base64());
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_a_config_error_naming_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("agent.key");
+        std::fs::write(&key_file, "garbage").unwrap();
+        let error = Cli::parse_from(["x", "--key-file", key_file.to_str().unwrap()])
+            .agent
+            .to_config("bin", "1")
+            .unwrap_err();
+        assert!(error.to_string().contains("--key-file"), "{error}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! (subjects in [`protocol`]):
 //!
 //! - registers the agent with the registry and heartbeats with its real load,
-//!   re-registering when the registry has forgotten it;
+//!   re-registering when the registry has forgotten it, signing each request
+//!   with the agent's ed25519 key ([`AgentConfig::key`]); stops when an
+//!   operator removes it ([`AgentError::Removed`]);
 //! - takes task assignments from `<root>.agent.<id>.tasks`, at most
 //!   [`AgentConfig::max_concurrency`] at once, runs [`Agent::handle`] in a
 //!   span that continues the caller's W3C trace, and replies with the result
@@ -68,6 +70,10 @@ pub use context::{ProgressError, TaskContext};
 pub use error::AgentError;
 pub use runtime::run;
 pub use task::{Task, TaskFailure};
+
+/// The agent's ed25519 key and the signing scheme (docs/PROTOCOL.md, "Signatures").
+pub use concord_identity as identity;
+pub use concord_identity::AgentKey;
 
 /// Wire types an agent deals with.
 pub use concord_wire::v1::{AgentHealth, Capability};

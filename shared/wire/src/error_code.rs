@@ -20,6 +20,7 @@ impl ErrorCode {
             Self::InvalidArgument => 400,
             Self::PermissionDenied => 403,
             Self::NotFound => 404,
+            Self::AgentRemoved => 410,
             Self::AlreadyExists | Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedContentType => 415,
@@ -77,6 +78,7 @@ mod tests {
             (ErrorCode::Cancelled, 499),
             (ErrorCode::DeadLettered, 500),
             (ErrorCode::NoEligibleAgent, 503),
+            (ErrorCode::AgentRemoved, 410),
         ];
         let all = all_codes();
         assert_eq!(

@@ -57,6 +57,8 @@ fn every_message_round_trips_in_both_encodings() {
     checked.round_trip(fixtures::heartbeat());
     checked.round_trip(fixtures::heartbeat_ack());
     checked.round_trip(fixtures::deregister_agent_reply());
+    checked.round_trip(fixtures::remove_agent());
+    checked.round_trip(fixtures::remove_agent_reply());
     checked.round_trip(fixtures::agent_record());
     checked.round_trip(fixtures::discover_agents());
     checked.round_trip(fixtures::discover_agents_reply());

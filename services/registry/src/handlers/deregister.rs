@@ -1,8 +1,10 @@
-//! `<root>.registry.deregister`: remove an agent (soft delete: its id, key and
-//! event sequence are kept for a later re-registration).
+//! `<root>.registry.deregister`: the agent leaves (soft delete: its id, key
+//! and event sequence are kept for a later re-registration). An agent with a
+//! public key must sign it; operators use `remove` instead.
 
 use concord_bus::validate::check_token;
 use concord_bus::{Reply, Request, ServiceError};
+use concord_identity::purpose;
 use concord_wire::v1::{DeregisterAgent, DeregisterAgentReply, Liveness};
 
 use crate::app::{Registry, unavailable};
@@ -19,6 +21,14 @@ pub async fn handle(registry: Registry, request: Request) -> Result<Reply, Servi
                 ServiceError::not_found(format!("no registered agent with id {id}")).into(),
             );
         };
+        registry.identity().check(
+            &request,
+            "deregister",
+            purpose::DEREGISTER,
+            &id,
+            &existing.public_key,
+            now,
+        )?;
         let row = AgentRow {
             liveness: Liveness::Unavailable.as_str_name().into(),
             revision: existing.revision + 1,

@@ -5,3 +5,4 @@ pub mod discover;
 pub mod get;
 pub mod heartbeat;
 pub mod register;
+pub mod remove;

@@ -1,6 +1,8 @@
-//! `<root>.registry.register`: create or update an agent.
+//! `<root>.registry.register`: create or update an agent. With a public key
+//! the registration is signed with it (proof of possession).
 
 use concord_bus::{Reply, Request, ServiceError};
+use concord_identity::purpose;
 use concord_wire::v1::{AgentHealth, AgentRecord, Liveness, RegisterAgent, RegisterAgentReply};
 use sqlx::types::Json;
 
@@ -11,11 +13,30 @@ use crate::validate::{check_key_change, validate_registration};
 pub async fn handle(registry: Registry, request: Request) -> Result<Reply, ServiceError> {
     let message: RegisterAgent = request.decode()?;
     let registration = validate_registration(&message, registry.limits())?;
-    let id = registration
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("agent-{}", uuid::Uuid::now_v7().simple()));
     let now = registry.config().clock.now();
+    registry
+        .identity()
+        .check_key_present(registration.public_key.is_some())?;
+    let id = match (&registration.id, registration.public_key.is_some()) {
+        (Some(id), _) => id.clone(),
+        (None, false) => format!("agent-{}", uuid::Uuid::now_v7().simple()),
+        (None, true) => {
+            return Err(ServiceError::invalid(
+                "id",
+                "required with publicKey: the signature names the agent it is for",
+            ));
+        }
+    };
+    // Proof of possession of the key (verified before any storage work);
+    // for a known id the key must also be the stored one (check_key_change).
+    registry.identity().check(
+        &request,
+        "register",
+        purpose::REGISTER,
+        &id,
+        &registration.public_key_base64(),
+        now,
+    )?;
 
     for _ in 0..3 {
         let outcome = registry.store().modify(&id, |current| {
@@ -48,6 +69,8 @@ pub async fn handle(registry: Registry, request: Request) -> Result<Reply, Servi
                     let was_deregistered = existing.deregistered_at.is_some();
                     let mut record = existing.to_record();
                     registration.write_to(&mut record);
+                    // A new start after an operator's removal.
+                    record.removed_reason.clear();
                     record.updated_at = Some(timestamp(now));
                     let row = AgentRow {
                         record: Json(record_json(&record)),

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::AgentMetrics;
-use crate::{Agent, AgentConfig, AgentError, protocol};
+use crate::{Agent, AgentConfig, AgentError, AgentKey, protocol};
 
 /// How long aborted task runners may take to unwind after the grace period.
 const ABORT_WAIT: Duration = Duration::from_secs(1);
@@ -35,9 +35,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 ///    timeouts and absent registries are retried with backoff.
 /// 3. Heartbeats every [`AgentConfig::heartbeat_interval`] with the real
 ///    number of running tasks. A `NOT_FOUND` reply (the registry forgot the
-///    agent, or an operator deregistered it) triggers a re-registration;
-///    failed heartbeats (NATS or the registry restarting) are logged and the
-///    loop carries on.
+///    agent) triggers a re-registration; `AGENT_REMOVED` (an operator
+///    removed it) shuts the agent down as in step 5, without deregistering,
+///    and `run` returns [`AgentError::Removed`]; failed heartbeats (NATS or
+///    the registry restarting) are logged and the loop carries on. With a
+///    key ([`AgentConfig::agent_key`]) every registry request is signed.
 /// 4. Runs each assignment in its own task, at most
 ///    [`AgentConfig::max_concurrency`] at once: while all slots are taken, no
 ///    further message is taken from the subscription. Each gets one reply,
@@ -83,13 +85,23 @@ pub async fn run<A: Agent>(
 ) -> Result<(), AgentError> {
     config.validate()?;
     let agent_id = config.agent_id()?;
+    let key = config.agent_key()?;
+    if key.is_none() {
+        tracing::warn!(
+            agent_id = %agent_id,
+            "the agent has no key: its requests go unsigned and anyone could act as it (set a key file)"
+        );
+    }
     let bus = concord_bus::connect(&config.nats).await?;
     let shared = Arc::new(Shared {
         agent,
         metrics: AgentMetrics::new(config.metrics.as_ref()),
         bus,
         agent_id,
+        key,
         config,
+        shutdown: shutdown.clone(),
+        removed: Mutex::new(None),
         running: Mutex::new(HashMap::new()),
         capabilities: RwLock::new(HashSet::new()),
         draining: AtomicBool::new(false),
@@ -106,7 +118,13 @@ pub(crate) struct Shared<A> {
     agent: A,
     bus: Bus,
     agent_id: String,
+    /// Signs the registry requests (`None`: they go unsigned).
+    key: Option<AgentKey>,
     config: AgentConfig,
+    /// The run's shutdown, triggered when an operator removes the agent.
+    shutdown: Shutdown,
+    /// Set when the registry answered `AGENT_REMOVED`: its message.
+    removed: Mutex<Option<String>>,
     /// Attempts running now, by (task id, attempt); its size is the in-flight count.
     running: Mutex<HashMap<tasks::TaskKey, tasks::Running>>,
     /// Capability names of the last registration.
@@ -192,6 +210,15 @@ async fn serve<A: Agent>(shared: &Arc<Shared<A>>, shutdown: &Shutdown) -> Result
     let _ = canceller.await;
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
+    let removed = shared.removed.lock().expect("removed lock poisoned").take();
+    if let Some(reason) = removed {
+        // The registry has already taken the agent out.
+        tracing::info!(agent_id = %shared.agent_id, "agent stopped after its removal");
+        return Err(AgentError::Removed {
+            agent_id: shared.agent_id.clone(),
+            reason,
+        });
+    }
     registry::deregister(shared).await;
     tracing::info!(agent_id = %shared.agent_id, "agent stopped");
     Ok(())

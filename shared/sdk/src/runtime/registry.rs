@@ -14,7 +14,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, next_backoff};
-use crate::{Agent, AgentError, protocol};
+use crate::identity::purpose;
+use crate::{Agent, AgentError, AgentKey, protocol};
 
 /// Failed heartbeats in a row between two warnings (the first one always warns).
 const WARN_EVERY: u32 = 30;
@@ -29,14 +30,19 @@ async fn register<A: Agent>(shared: &Shared<A>) -> Result<RegisterAgentReply, Se
         max_concurrency: shared.config.max_concurrency,
         version: shared.config.version.clone(),
         labels: shared.config.labels.clone(),
-        public_key: shared.config.public_key.clone().unwrap_or_default(),
+        public_key: shared
+            .key
+            .as_ref()
+            .map(AgentKey::public_key_base64)
+            .unwrap_or_default(),
     };
     let reply: RegisterAgentReply = shared
         .bus
-        .request(
+        .request_with(
             protocol::register(&shared.bus.subjects),
             &request,
             shared.config.request_timeout,
+            signature(shared, purpose::REGISTER),
         )
         .await?;
     *shared
@@ -45,6 +51,29 @@ async fn register<A: Agent>(shared: &Shared<A>) -> Result<RegisterAgentReply, Se
         .expect("capabilities lock poisoned") = capabilities.into_iter().map(|c| c.name).collect();
     shared.metrics.registered();
     Ok(reply)
+}
+
+/// The signature headers of a registry request, made from its exact
+/// payload bytes; none without a key.
+fn signature<'a, A>(
+    shared: &'a Shared<A>,
+    purpose: &'static str,
+) -> impl FnOnce(&[u8]) -> Vec<(&'static str, String)> + 'a {
+    move |payload| match &shared.key {
+        Some(key) => key
+            .sign(purpose, &shared.agent_id, now_ms(), payload)
+            .headers()
+            .into(),
+        None => Vec::new(),
+    }
+}
+
+/// Unix milliseconds now (the signing time).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Whether a failed request may succeed later unchanged.
@@ -166,10 +195,11 @@ pub(crate) async fn heartbeat_loop<A: Agent>(shared: Arc<Shared<A>>, stop: Cance
         let request = heartbeat(&shared);
         let timeout = shared.config.request_timeout;
         let subject = protocol::heartbeat(&shared.bus.subjects);
+        let sign = signature(&shared, purpose::HEARTBEAT);
         let reply = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            reply = shared.bus.request::<_, HeartbeatAck>(subject, &request, timeout) => reply,
+            reply = shared.bus.request_with::<_, HeartbeatAck, _>(subject, &request, timeout, sign) => reply,
         };
         match reply {
             Ok(ack) => {
@@ -190,6 +220,12 @@ pub(crate) async fn heartbeat_loop<A: Agent>(shared: Arc<Shared<A>>, stop: Cance
             }
             Err(error) if error.code == ErrorCode::NotFound => {
                 register_again(&shared, "the registry does not know the agent").await;
+            }
+            Err(error) if error.code == ErrorCode::AgentRemoved => {
+                tracing::warn!(agent_id = %shared.agent_id, %error, "removed by an operator; shutting down");
+                *shared.removed.lock().expect("removed lock poisoned") = Some(error.message);
+                shared.shutdown.trigger();
+                return;
             }
             Err(error) => {
                 failures += 1;
@@ -219,10 +255,11 @@ pub(crate) async fn deregister<A>(shared: &Shared<A>) {
     };
     let reply: Result<DeregisterAgentReply, _> = shared
         .bus
-        .request(
+        .request_with(
             protocol::deregister(&shared.bus.subjects),
             &request,
             shared.config.request_timeout,
+            signature(shared, purpose::DEREGISTER),
         )
         .await;
     match reply {

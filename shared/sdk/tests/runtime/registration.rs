@@ -19,7 +19,7 @@ async fn registers_capabilities_and_limits_heartbeats_and_deregisters() {
         .config("agent-reg")
         .with_max_concurrency(3)
         .with_label("region", "eu")
-        .with_public_key("a2V5");
+        .with_key(concord_sdk::AgentKey::from_seed([2; 32]));
     let agent = Running::spawn(agent, config);
 
     let registration = h.registry.next_registration(WAIT).await.expect("registers");
@@ -28,7 +28,10 @@ async fn registers_capabilities_and_limits_heartbeats_and_deregisters() {
     assert_eq!(registration.version, "9.9.9");
     assert_eq!(registration.max_concurrency, 3);
     assert_eq!(registration.labels["region"], "eu");
-    assert_eq!(registration.public_key, "a2V5");
+    assert_eq!(
+        registration.public_key,
+        concord_sdk::AgentKey::from_seed([2; 32]).public_key_base64()
+    );
     let capabilities: Vec<_> = registration
         .capabilities
         .iter()
