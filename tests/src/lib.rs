@@ -113,20 +113,96 @@ pub async fn gather(
     out
 }
 
-/// The value of counter `name` (with or without `_total`) in a Prometheus
-/// text exposition; 0 when absent.
+/// The value of the unlabelled counter or gauge `name` in a Prometheus text
+/// exposition: the series named `name` or `name_total` (counters), either
+/// with the `concord_` prefix the services' registries add or without it.
+///
+/// Panics when no series has that name (or more than one does): a
+/// registered metric is always present (prometheus-client renders a counter
+/// that was never incremented as `name_total 0`), so a missing one means a
+/// renamed or unregistered metric, and an assertion that it did not change
+/// would pass for the wrong reason.
 pub fn metric_counter(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|line| {
-            !line.starts_with('#')
-                && line.contains(name)
-                && line
-                    .split(' ')
-                    .next()
-                    .is_some_and(|series| series.trim_end_matches("_total").ends_with(name))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .map(|n| n as u64)
-        .unwrap_or(0)
+    let bare = name.strip_prefix("concord_").unwrap_or(name);
+    let bare = bare.strip_suffix("_total").unwrap_or(bare);
+    let wanted = [
+        bare.to_string(),
+        format!("{bare}_total"),
+        format!("concord_{bare}"),
+        format!("concord_{bare}_total"),
+    ];
+    let found: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(series, _)| wanted.iter().any(|w| w == series))
+        .collect();
+    match found[..] {
+        [(_, value)] => value
+            .trim()
+            .parse::<f64>()
+            .unwrap_or_else(|e| panic!("metric {name}: unreadable value {value:?}: {e}"))
+            as u64,
+        [] => {
+            let names: Vec<&str> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("# TYPE "))
+                .filter_map(|line| line.split(' ').next())
+                .collect();
+            panic!(
+                "no metric {name} in the exposition (renamed, or not registered?); it has: {names:?}"
+            )
+        }
+        _ => panic!("more than one series matches metric {name}: {found:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_counter;
+
+    const TEXT: &str = "# HELP concord_things Things.\n\
+                        # TYPE concord_things counter\n\
+                        concord_things_total 3\n\
+                        # TYPE concord_other_things counter\n\
+                        concord_other_things_total 0\n\
+                        # TYPE concord_held gauge\n\
+                        concord_held 7\n\
+                        # EOF\n";
+
+    #[test]
+    fn counters_and_gauges_are_read_with_or_without_prefix_and_suffix() {
+        assert_eq!(metric_counter(TEXT, "things"), 3);
+        assert_eq!(metric_counter(TEXT, "concord_things_total"), 3);
+        assert_eq!(metric_counter(TEXT, "other_things"), 0);
+        assert_eq!(metric_counter(TEXT, "held"), 7);
+    }
+
+    #[test]
+    #[should_panic(expected = "no metric renamed_things")]
+    fn a_missing_metric_is_an_error() {
+        metric_counter(TEXT, "renamed_things");
+    }
+
+    #[test]
+    #[should_panic(expected = "more than one series")]
+    fn an_ambiguous_name_is_an_error() {
+        metric_counter("concord_things 1\nconcord_things_total 2\n", "things");
+    }
+
+    /// What the dispatcher's registry really renders: its counters are
+    /// present, at 0, before anything happened.
+    #[test]
+    fn a_registered_counter_never_incremented_reads_zero() {
+        let registry = concord_telemetry::MetricsRegistry::with_prefix("concord");
+        concord_dispatcher::metrics::Metrics::register(&registry);
+        assert_eq!(
+            metric_counter(&registry.encode(), "dispatcher_tasks_completed"),
+            0
+        );
+        assert_eq!(
+            metric_counter(&registry.encode(), "dispatcher_tasks_queued"),
+            0
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::kv::Operation;
 use concord_bus::{Bus, BusConfig, Shutdown};
 use concord_dispatcher::DispatcherConfig;
 use concord_dispatcher::backoff::BackoffPolicy;
@@ -11,6 +12,8 @@ use concord_runtime::ServiceContext;
 use concord_sdk::{Agent, AgentConfig};
 use concord_telemetry::MetricsRegistry;
 use concord_testkit::NatsProxy;
+use concord_wire::codec::{self, ContentType};
+use concord_wire::v1::{AgentRecord, Liveness};
 use tokio::task::JoinHandle;
 
 use crate::World;
@@ -125,30 +128,10 @@ impl Stack {
         self.wait_for_agent(id).await;
     }
 
-    /// Waits until the registry lists the agent (the dispatcher's copy of
-    /// the directory follows within milliseconds).
+    /// Waits until the directory bucket the dispatcher routes from holds
+    /// the agent, ALIVE (see [`wait_for_directory_agent`]).
     pub async fn wait_for_agent(&self, id: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let request = concord_wire::v1::GetAgent { id: id.into() };
-        loop {
-            let reply: Result<concord_wire::v1::AgentRecord, _> = self
-                .client
-                .request(
-                    self.client.subjects.endpoint("registry", "get"),
-                    &request,
-                    WAIT,
-                )
-                .await;
-            if reply.is_ok() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "agent {id} never registered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_directory_agent(&self.client, id).await;
     }
 
     /// The dispatcher's counter `name` (without the `concord_` prefix).
@@ -162,5 +145,40 @@ impl Stack {
             shutdown.trigger();
             let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
+    }
+}
+
+/// Waits until the directory bucket dispatchers route from holds agent
+/// `id`, ALIVE.
+///
+/// The dispatcher exposes nothing about its copy of the directory (no
+/// endpoint, no metric), so this waits for what that copy follows: the
+/// registry writes the agent's record to the bucket before it answers the
+/// registration, and the server pushes the write to the dispatcher's watch
+/// as it stores it. (The registry's `get` answers from Postgres, committed
+/// before the bucket is written, so it says nothing about the bucket.) What
+/// is left is the dispatcher applying a message already sent to it; a task
+/// routed in that instant is not lost, only routed again on the next tick
+/// (for up to `no_agent_wait`).
+pub async fn wait_for_directory_agent(bus: &Bus, id: &str) {
+    let bucket = concord_directory::DirectoryBucket::open(bus)
+        .await
+        .expect("the directory bucket");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(entry)) = bucket.store().entry(id).await
+            && entry.operation == Operation::Put
+            && let Ok(record) = codec::decode::<AgentRecord>(ContentType::Json, &entry.value)
+            && !record.deregistered
+            && record.liveness == Liveness::Alive as i32
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent {id} never appeared ALIVE in the directory bucket"
+        );
+        // Polling interval, not synchronisation: the loop waits for the record.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

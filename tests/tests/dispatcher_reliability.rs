@@ -233,10 +233,13 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
     // Wait until the dispatcher created the intake stream.
     let subject = format!("{root}.tasks.submit");
     let stream_name = format!("{}_TASKS", root.to_uppercase());
-    for _ in 0..200 {
-        if js.get_stream(&stream_name).await.is_ok() {
-            break;
-        }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while js.get_stream(&stream_name).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dispatcher never created its intake stream; its log:\n{}",
+            dispatcher.log_tail(40)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let submitter = {
@@ -253,7 +256,9 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
         })
     };
 
-    // The faults, while the load runs.
+    // The faults, while the load runs. The sleeps between them are the
+    // scenario's schedule (each fault lands inside the ~15 s of submissions,
+    // with load in flight), not waits for something to happen.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let first_kill = chrono::Utc::now();
     dispatcher.kill().unwrap();
@@ -269,12 +274,16 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
     tokio::time::sleep(Duration::from_secs(6)).await;
     let nats_killed = chrono::Utc::now();
     nats.restart().await.unwrap();
+    // Scenario: the second kill hits a dispatcher busy with the backlog
+    // the restart left.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let second_kill = chrono::Utc::now();
     dispatcher.kill().unwrap();
     dispatcher = spawn_dispatcher(&nats_url, &db_url, &root);
+    // Scenario: Postgres dies under the new replica once it has taken over.
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.kill().await.unwrap();
+    // Scenario: how long Postgres stays down (writes and lookups fail meanwhile).
     tokio::time::sleep(Duration::from_millis(500)).await;
     pg.start_again().await.unwrap();
 
@@ -296,8 +305,6 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    // Let the last results arrive.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!crasher.is_running(), "the crashing agent crashed mid-task");
 
     // None missing, none twice.
@@ -336,26 +343,42 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
         without_letter, 0,
         "every dead-lettered task has its dead letter"
     );
+    // No task here may be dead-lettered. The agents never fail on their own
+    // and the tasks have no deadline, so `task_failed` and
+    // `deadline_exceeded` cannot happen; `no_eligible_agent` needs a minute
+    // (`--no-agent-wait-ms`) without any live agent, and every outage here
+    // lasts seconds; `max_attempts` needs 20 failed attempts, and an attempt
+    // fails only when a fault catches it: the crash (its lease, then
+    // `agent_unreachable` once: failed agents are avoided), a dispatcher
+    // kill (the successor counts the attempt that was out, twice), the NATS
+    // restart (a lost assignment or reply: a lease or two). Postgres'
+    // restart costs no attempt (lookups and writes are retried). That is
+    // about six attempts at most, far from 20.
+    let letters: Vec<(String, String, String, i32, serde_json::Value)> = sqlx::query_as(
+        "select e.aggregate_id, d.reason, d.error, d.attempts, d.history from events e \
+         join dead_letters d on d.id::text = e.data->>'deadLetterId' \
+         where e.event_type = 'task.dead_lettered' order by e.aggregate_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        letters.len() as i64,
+        dead,
+        "one dead letter per dead-lettered task"
+    );
+    assert!(
+        letters.is_empty(),
+        "{} tasks dead-lettered, none may be (task, reason, error, attempts, history): {:#?}",
+        letters.len(),
+        &letters[..letters.len().min(5)]
+    );
+    let other_letters: i64 = sqlx::query_scalar("select count(*) from dead_letters")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(other_letters, 0, "no submission was refused as invalid");
 
-    // On the result subject: no task's result published twice as new.
-    let (seen, replayed, missing) = {
-        let results = results.lock().unwrap();
-        let duplicates: Vec<(&String, &u32)> =
-            results.fresh.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(
-            duplicates.is_empty(),
-            "results published twice: {duplicates:?}"
-        );
-        let missing: Vec<String> = (0..TASKS)
-            .map(|i| format!("r-{i}"))
-            .filter(|id| !results.fresh.contains_key(id) && !results.replayed.contains_key(id))
-            .collect();
-        (
-            results.fresh.len(),
-            results.replayed.values().sum::<u32>(),
-            missing,
-        )
-    };
     // Core NATS delivers nothing to a disconnected subscriber: results
     // published around the NATS restart, before the observer was back, may
     // be missed by it (their tasks are complete in the store, checked
@@ -371,14 +394,6 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
         nats_killed - chrono::Duration::seconds(2),
         observer_back + chrono::Duration::seconds(2),
     );
-    let last_commits: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "select aggregate_id, max(recorded_at) from events \
-         where aggregate_type = 'task' and aggregate_id = any($1) group by aggregate_id",
-    )
-    .bind(&missing)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
     // A replica killed between a commit and its publication leaves the
     // result to its successor, which re-publishes it when the submission
     // is redelivered: after the ack wait, its start-up and a lookup, which
@@ -390,17 +405,62 @@ async fn ten_thousand_tasks_survive_killed_dispatchers_agents_nats_and_postgres(
             .iter()
             .any(|kill| *at <= *kill && *at >= *kill - chrono::Duration::seconds(2))
     };
-    let mut missed_outside = Vec::new();
-    let mut left_by_a_killed_replica = Vec::new();
-    for (id, at) in last_commits {
-        if at >= window.0 && at <= window.1 {
-            continue;
+    // The last results follow their commits by moments: wait until every
+    // result the observer must have seen has come (or give up and report).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (seen, replayed, missing, missed_outside, left_by_a_killed_replica) = loop {
+        let (seen, replayed, missing) = {
+            let results = results.lock().unwrap();
+            let missing: Vec<String> = (0..TASKS)
+                .map(|i| format!("r-{i}"))
+                .filter(|id| !results.fresh.contains_key(id) && !results.replayed.contains_key(id))
+                .collect();
+            (
+                results.fresh.len(),
+                results.replayed.values().sum::<u32>(),
+                missing,
+            )
+        };
+        let last_commits: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "select aggregate_id, max(recorded_at) from events \
+             where aggregate_type = 'task' and aggregate_id = any($1) group by aggregate_id",
+        )
+        .bind(&missing)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let mut missed_outside = Vec::new();
+        let mut left_by_a_killed_replica = Vec::new();
+        for (id, at) in last_commits {
+            if at >= window.0 && at <= window.1 {
+                continue;
+            }
+            if just_before_a_kill(&at) {
+                left_by_a_killed_replica.push(id);
+            } else {
+                missed_outside.push((id, at));
+            }
         }
-        if just_before_a_kill(&at) {
-            left_by_a_killed_replica.push(id);
-        } else {
-            missed_outside.push((id, at));
+        if missed_outside.is_empty() || tokio::time::Instant::now() > deadline {
+            break (
+                seen,
+                replayed,
+                missing,
+                missed_outside,
+                left_by_a_killed_replica,
+            );
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // On the result subject: no task's result published twice as new.
+    {
+        let results = results.lock().unwrap();
+        let duplicates: Vec<(&String, &u32)> =
+            results.fresh.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            duplicates.is_empty(),
+            "results published twice: {duplicates:?}"
+        );
     }
     assert!(
         missed_outside.is_empty(),
@@ -463,12 +523,15 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
     let registry = concord_registry::build(context).await.unwrap();
     tokio::spawn(async move { registry.run_until_stopped().await });
     let mut registries = Vec::new();
+    let mut replicas = Vec::new();
     for _ in 0..2 {
         let context = world.context(&concord_dispatcher::INFO).await.unwrap();
         stops.push(context.shutdown.clone());
         registries.push(context.metrics.clone());
         let dispatcher = concord_dispatcher::build(context).await.unwrap();
-        tokio::spawn(async move { dispatcher.run_until_stopped().await });
+        replicas.push(tokio::spawn(
+            async move { dispatcher.run_until_stopped().await },
+        ));
     }
     let agents_shutdown = Shutdown::new();
     for n in 0..3 {
@@ -488,8 +551,10 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
             &agents_shutdown,
         );
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
     let client = world.bus("submitter").await.unwrap();
+    for n in 0..3 {
+        concord_tests::stack::wait_for_directory_agent(&client, &format!("agent-{n}")).await;
+    }
     let js = jetstream::new(client.client.clone());
     let subject = client.subjects.tasks_submit();
     let total = 2000;
@@ -544,7 +609,12 @@ async fn two_dispatcher_replicas_share_the_load_without_completing_a_task_twice(
     // replica 1's filter as events, so every one is recognised as finished
     // (a re-published result), and none is given to an agent again.
     stops[1].trigger();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = replicas.remove(0);
+    tokio::time::timeout(Duration::from_secs(20), stopped)
+        .await
+        .expect("replica 0 stops")
+        .unwrap()
+        .unwrap();
     let survivor = &registries[1];
     let assigned_before =
         concord_tests::metric_counter(&survivor.encode(), "dispatcher_attempts_started");
