@@ -22,6 +22,8 @@ export CONCORD_LOG_FORMAT="${CONCORD_LOG_FORMAT:-text}"
 # which ships the official release binary; nats-py is for Python agents.
 export CONCORD_NATS_VERSION="${CONCORD_NATS_VERSION:-2.15.1}"
 export CONCORD_NATS_PY_VERSION="${CONCORD_NATS_PY_VERSION:-2.16.0}"
+# PyNaCl (libsodium) signs the Python example agent's requests (ed25519).
+export CONCORD_PYNACL_VERSION="${CONCORD_PYNACL_VERSION:-1.6.2}"
 export CONCORD_VENV="${CONCORD_VENV:-$CONCORD_STATE_DIR/venv}"
 export CONCORD_NATS_SERVER_BIN="${CONCORD_NATS_SERVER_BIN:-$CONCORD_STATE_DIR/bin/nats-server}"
 

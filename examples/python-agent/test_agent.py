@@ -14,16 +14,27 @@ from typing import Any
 from unittest import mock
 
 from agent import delay_ms, reverse_text
+import base64
+import tempfile
+
+from nacl.signing import SigningKey
+
 from concord_agent import (
     Assignment,
     RequestError,
     TaskFailure,
     agent_result,
+    canonical,
     decode_assignment,
     error_reply,
+    load_or_create_key,
     parse_config,
+    public_key_base64,
     read_reply,
+    signature_headers,
 )
+
+VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "identity", "tests", "vectors.json")
 
 
 def assignment_json(**fields: Any) -> bytes:
@@ -166,3 +177,47 @@ class Config(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Signatures(unittest.TestCase):
+    def test_reproduces_the_published_vectors(self) -> None:
+        # The same file the Rust implementation checks (shared/identity).
+        with open(VECTORS, encoding="utf-8") as file:
+            vectors = json.load(file)
+        self.assertEqual(vectors["scheme"], "concord-signature-v1")
+        self.assertGreaterEqual(len(vectors["vectors"]), 3)
+        for v in vectors["vectors"]:
+            with self.subTest(purpose=v["purpose"]):
+                key = SigningKey(base64.b64decode(v["seed"]))
+                self.assertEqual(public_key_base64(key), v["publicKey"])
+                payload = v["payload"].encode()
+                self.assertEqual(canonical(v["purpose"], v["signer"], v["signedAtMs"], payload).decode(), v["canonical"])
+                headers = signature_headers(key, v["purpose"], v["signer"], payload, v["signedAtMs"])
+                self.assertEqual(
+                    headers,
+                    {
+                        "Concord-Signer": v["signer"],
+                        "Concord-Signed-At": str(v["signedAtMs"]),
+                        "Concord-Signature": v["signature"],
+                    },
+                )
+
+    def test_key_file_is_made_once_then_read_back(self) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "agent.key")
+            made = load_or_create_key(path)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+            self.assertEqual(public_key_base64(load_or_create_key(path)), public_key_base64(made))
+            with open(path, "w", encoding="ascii") as file:
+                file.write("garbage")
+            with self.assertRaises(ValueError):
+                load_or_create_key(path)
+
+    def test_a_generated_id_gets_a_key_and_a_given_one_only_from_a_file(self) -> None:
+        with mock.patch.dict(os.environ, {}, clear=True):
+            self.assertIsNotNone(parse_config([]).key)
+            self.assertIsNone(parse_config(["--agent-id", "py-fixed"]).key)
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "k")
+                config = parse_config(["--agent-id", "py-fixed", "--key-file", path])
+                self.assertEqual(public_key_base64(config.key), public_key_base64(load_or_create_key(path)))

@@ -151,8 +151,13 @@ fn agent_command(python: &Python, world: &World) -> Command {
 
 impl AgentProcess {
     /// Starts the agent against `world` and waits for its `ready <id>` line.
-    async fn start(python: &Python, world: &World) -> anyhow::Result<AgentProcess> {
+    async fn start(
+        python: &Python,
+        world: &World,
+        key_file: &std::path::Path,
+    ) -> anyhow::Result<AgentProcess> {
         let mut child = agent_command(python, world)
+            .env("CONCORD_AGENT_KEY_FILE", key_file)
             .spawn()
             .with_context(|| format!("cannot start {} agent.py", python.program.display()))?;
         let output = Arc::new(Mutex::new(String::new()));
@@ -333,6 +338,18 @@ async fn heartbeat(
             .expect("heartbeat subscription open");
         let beat: Heartbeat = codec::decode(ContentType::Json, &message.payload)
             .unwrap_or_else(|error| panic!("undecodable heartbeat: {error}"));
+        if beat.agent_id == agent_id {
+            let signer = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(concord_identity::SIGNER))
+                .map(|v| v.as_str().to_string());
+            assert_eq!(
+                signer.as_deref(),
+                Some(agent_id),
+                "every heartbeat is signed"
+            );
+        }
         if beat.agent_id == agent_id && wanted(&beat) {
             return beat;
         }
@@ -374,7 +391,12 @@ async fn python_agent_end_to_end() -> anyhow::Result<()> {
         .await?;
     bus.client.flush().await?;
 
-    let mut agent = AgentProcess::start(&python, &world).await?;
+    // The agent's key, in the file it reads (so the test can sign as it).
+    let key = concord_identity::AgentKey::from_seed([8; 32]);
+    let key_file = std::env::temp_dir().join(format!("concord-py-{}.key", uuid::Uuid::new_v4()));
+    std::fs::write(&key_file, format!("{}\n", key.seed_base64()))?;
+    let mut agent = AgentProcess::start(&python, &world, &key_file).await?;
+    std::fs::remove_file(&key_file)?;
     let id = agent.id.clone();
     assert!(
         id.len() == 15 && id.starts_with("py-") && id[3..].chars().all(|c| c.is_ascii_hexdigit()),
@@ -398,6 +420,11 @@ async fn python_agent_end_to_end() -> anyhow::Result<()> {
         Some("python")
     );
     let registered_at = record.registered_at.expect("registeredAt");
+    // It registered with the key from its key file, which the registry
+    // accepts only with a valid signature; the heartbeats below are signed
+    // too (the registry would refuse them otherwise, and lastHeartbeatAt
+    // would not move).
+    assert_eq!(record.public_key, key.public_key_base64());
 
     // Heartbeats with the real load, written by the registry (in batches, to
     // its table: the published record changes only with liveness).
@@ -564,18 +591,29 @@ async fn python_agent_end_to_end() -> anyhow::Result<()> {
     assert!(!error.retryable, "{error:?}");
     assert_eq!(error.code, "cancelled");
 
-    // Forgotten by the registry (deregistered behind its back): its next
-    // heartbeat gets NOT_FOUND and it registers again.
+    // Forgotten by the registry (deregistered behind its back, signed with
+    // its key): its next heartbeat gets NOT_FOUND and it registers again.
     let mut registered = bus
         .client
         .subscribe(bus.subjects.event("agent", "registered"))
         .await?;
     bus.client.flush().await?;
+    let signed_at = chrono::Utc::now().timestamp_millis() as u64;
     let gone: DeregisterAgentReply = bus
-        .request(
+        .request_with(
             bus.subjects.endpoint("registry", "deregister"),
             &DeregisterAgent { id: id.clone() },
             TIMEOUT,
+            |payload| {
+                key.sign(
+                    concord_identity::purpose::DEREGISTER,
+                    &id,
+                    signed_at,
+                    payload,
+                )
+                .headers()
+                .into()
+            },
         )
         .await?;
     let revision = gone.agent.expect("record").revision;
