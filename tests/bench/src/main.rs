@@ -18,6 +18,7 @@ mod infra;
 mod load;
 mod procfs;
 mod registry;
+mod signatures;
 mod stats;
 
 use std::process::ExitCode;
@@ -39,8 +40,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every benchmark with its default settings: registry, then the
-    /// dispatcher (which runs the raw baseline first).
+    /// Every benchmark with its default settings: signatures, registry,
+    /// then the dispatcher (which runs the raw baseline first).
     All,
     /// 10,000 agents heartbeating every second against one registry:
     /// discovery latency next to a NATS baseline, registry CPU and memory.
@@ -55,6 +56,9 @@ enum Command {
     /// 10,000 registered agents, a 100,000-task backlog), next to the raw
     /// baseline measured first in the same run.
     Dispatcher(dispatcher::DispatcherArgs),
+    /// The cost of signed heartbeats: ed25519 sign and verify of one
+    /// heartbeat next to parsing its JSON, projected to N agents.
+    Signatures(signatures::SignatureArgs),
 }
 
 /// One benchmark's report, ready for printing.
@@ -65,6 +69,20 @@ struct Report {
 }
 
 async fn run(command: Command) -> anyhow::Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    let signatures = match &command {
+        Command::All => Some(signatures::SignatureArgs::default()),
+        Command::Signatures(args) => Some(args.clone()),
+        _ => None,
+    };
+    if let Some(args) = signatures {
+        let report = signatures::run(&args);
+        reports.push(Report {
+            name: "signatures",
+            json: serde_json::to_value(&report)?,
+            markdown: report.markdown(),
+        });
+    }
     let (registry, baseline, dispatcher) = match command {
         Command::All => (
             Some(registry::RegistryArgs::default()),
@@ -74,8 +92,8 @@ async fn run(command: Command) -> anyhow::Result<Vec<Report>> {
         Command::Registry(args) => (Some(args), None, None),
         Command::Baseline(args) => (None, Some(args), None),
         Command::Dispatcher(args) => (None, None, Some(args)),
+        Command::Signatures(_) => (None, None, None),
     };
-    let mut reports = Vec::new();
     if let Some(args) = registry {
         let report = registry::run(&args).await?;
         reports.push(Report {
