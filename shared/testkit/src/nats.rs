@@ -262,15 +262,15 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
-            if let Some(dir) = self.dir.take() {
-                let path = dir.keep();
-                eprintln!(
-                    "test nats-server (port {}) data and log kept at {}",
-                    self.port,
-                    path.display()
-                );
-            }
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            let path = dir.keep();
+            eprintln!(
+                "test nats-server (port {}) data and log kept at {}",
+                self.port,
+                path.display()
+            );
         }
     }
 }

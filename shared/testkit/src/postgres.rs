@@ -490,15 +490,15 @@ impl Drop for PostgresServer {
             // Best effort: the directory goes either way.
             let _ = self.command("pg_ctl", self.stop_args("immediate")).output();
         }
-        if std::thread::panicking() {
-            if let Some(dir) = self.dir.take() {
-                let path = dir.keep();
-                eprintln!(
-                    "test Postgres (port {}) data and log kept at {}",
-                    self.port,
-                    path.display()
-                );
-            }
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            let path = dir.keep();
+            eprintln!(
+                "test Postgres (port {}) data and log kept at {}",
+                self.port,
+                path.display()
+            );
         }
     }
 }

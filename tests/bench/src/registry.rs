@@ -461,7 +461,7 @@ async fn heartbeat_lane(
                     });
                 }
                 tick += 1;
-                if tick % ticks == 0 {
+                if tick.is_multiple_of(ticks) {
                     flush(&mut samples);
                 }
             }

@@ -105,7 +105,7 @@ pub(crate) async fn register_at_start<A: Agent>(
             }
             Err(error) if is_transient(&error) => {
                 failures += 1;
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(
                         agent_id = %shared.agent_id,
                         %error,
