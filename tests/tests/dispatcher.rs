@@ -794,6 +794,97 @@ async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
 }
 
 #[tokio::test]
+async fn a_submission_without_a_trace_gets_one_trace_for_all_its_attempts() {
+    use concord_wire::v1::{
+        AgentResult, Capability, RegisterAgent, RegisterAgentReply, TaskError, agent_result,
+    };
+    let stack = Stack::start(test_config()).await;
+    let subjects = stack.client.subjects.clone();
+    let mut assignments = stack
+        .client
+        .client
+        .subscribe(subjects.agent_tasks("raw-2"))
+        .await
+        .unwrap();
+    let _: RegisterAgentReply = stack
+        .client
+        .request(
+            subjects.endpoint("registry", "register"),
+            &RegisterAgent {
+                id: "raw-2".into(),
+                name: "raw".into(),
+                capabilities: vec![Capability {
+                    name: "raw".into(),
+                    level: 1.0,
+                }],
+                max_concurrency: 1,
+                ..Default::default()
+            },
+            WAIT,
+        )
+        .await
+        .unwrap();
+    stack.wait_for_agent("raw-2").await;
+    let mut results = stack.results("t-untraced").await;
+    // Like `nats pub`: no traceparent on the submission.
+    stack
+        .submit(
+            &json!({"id": "t-untraced", "capability": "raw", "maxAttempts": 2}),
+            None,
+        )
+        .await;
+    let mut traces = Vec::new();
+    for attempt in 1..=2u32 {
+        let message = tokio::time::timeout(WAIT, assignments.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let traceparent = concord_bus::headers::get(message.headers.as_ref(), "traceparent")
+            .expect("every assignment carries a traceparent")
+            .to_string();
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        traces.push((parts[1].to_string(), parts[2].to_string()));
+        // The first attempt fails (retryable), the second completes.
+        let outcome = if attempt == 1 {
+            agent_result::Outcome::Error(TaskError {
+                message: "try again".into(),
+                retryable: true,
+                ..Default::default()
+            })
+        } else {
+            agent_result::Outcome::Output(concord_dispatcher::projection::to_wire_value(json!(
+                "done"
+            )))
+        };
+        let reply = AgentResult {
+            task_id: "t-untraced".into(),
+            attempt,
+            agent_id: "raw-2".into(),
+            outcome: Some(outcome),
+        };
+        stack
+            .client
+            .client
+            .publish(
+                message.reply.unwrap(),
+                codec::encode(ContentType::Json, &reply).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(traces[0].0, traces[1].0, "one trace for the task");
+    assert_ne!(traces[0].1, traces[1].1, "a parent span per attempt");
+    let (result, _) = next_result(&mut results).await;
+    assert_eq!(result.status, TaskStatus::Completed as i32);
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn with_many_agents_routing_windows_spread_work_over_all_of_them() {
     use concord_wire::v1::{Capability, RegisterAgent, RegisterAgentReply};
     let stack = Stack::start(test_config()).await;

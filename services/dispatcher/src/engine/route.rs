@@ -322,13 +322,19 @@ impl Engine {
             .expect("assignments encode")
             .into();
         // The submitter's trace goes on to the agent: one task, one trace.
-        let trace: Vec<(&str, String)> = [headers::TRACEPARENT, headers::TRACESTATE]
+        // A submission without one (a plain `nats pub`) gets a trace of its
+        // own, derived from the task id, so every attempt on every replica
+        // continues the same one.
+        let mut trace: Vec<(&str, String)> = [headers::TRACEPARENT, headers::TRACESTATE]
             .into_iter()
             .filter_map(|name| {
                 let held = &self.tasks[task_id];
                 headers::get(held.message.headers.as_ref(), name).map(|v| (name, v.to_string()))
             })
             .collect();
+        if trace.is_empty() {
+            trace.push((headers::TRACEPARENT, task_traceparent(task_id, attempt)));
+        }
         for (index, agent) in agents.iter().enumerate() {
             self.loads.adjust_own(agent, 1);
             let mut headers = HeaderMap::new();
@@ -362,6 +368,18 @@ impl Engine {
     }
 }
 
+/// The W3C `traceparent` of an attempt of a task submitted without one:
+/// the trace id is the first 16 bytes of SHA-256(`concord-task:` + task
+/// id), the same for every attempt and replica; the parent span id is the
+/// first 8 bytes of SHA-256(`concord-attempt:` + task id + `/` + attempt).
+pub(crate) fn task_traceparent(task_id: &str, attempt: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let trace = Sha256::digest(format!("concord-task:{task_id}"));
+    let span = Sha256::digest(format!("concord-attempt:{task_id}/{attempt}"));
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    format!("00-{}-{}-01", hex(&trace[..16]), hex(&span[..8]))
+}
+
 /// Busy agents free up: such tasks wait however long it takes.
 fn waits_for_capacity(reason: &NoAgentReason) -> bool {
     use crate::routing::Ineligible;
@@ -374,5 +392,25 @@ fn waits_for_capacity(reason: &NoAgentReason) -> bool {
             .iter()
             .any(|(_, cause)| matches!(cause, Ineligible::AtCapacity { .. })),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_traceparent;
+
+    #[test]
+    fn a_derived_traceparent_is_w3c_and_shared_by_the_attempts_of_a_task() {
+        let first = task_traceparent("t-1", 1);
+        let parts: Vec<&str> = first.split('-').collect();
+        assert_eq!(parts.len(), 4, "{first}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        assert!(first.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        let second = task_traceparent("t-1", 2);
+        assert_eq!(second.split('-').nth(1), Some(parts[1]), "same trace");
+        assert_ne!(second.split('-').nth(2), Some(parts[2]), "another span");
+        assert_eq!(task_traceparent("t-1", 1), first, "stable");
+        assert_ne!(task_traceparent("t-2", 1).split('-').nth(1), Some(parts[1]));
     }
 }
