@@ -61,11 +61,11 @@ pub enum AgentError {
     /// An operator removed the agent (`concord agents remove`): it stopped
     /// gracefully and must not register again on its own.
     /// [`run_main`](crate::run_main) exits 0 for it.
-    #[error("agent {agent_id} was removed by an operator: {reason}")]
+    #[error("removed by an operator: {reason}")]
     Removed {
         /// The agent id.
         agent_id: String,
-        /// The registry's message (with the operator's reason).
+        /// The registry's message (names the agent, with the operator's reason).
         reason: String,
     },
 }
