@@ -706,18 +706,15 @@ async fn the_projection_rebuilt_from_the_events_equals_the_live_one() {
     stack.stop().await;
 }
 
-#[tokio::test]
-async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
-    use concord_wire::v1::{
-        AgentResult, Capability, RegisterAgent, RegisterAgentReply, TaskAssignment, agent_result,
-    };
-    let stack = Stack::start(test_config()).await;
-    let subjects = stack.client.subjects.clone();
-    // An agent speaking the documented protocol with a bare NATS client.
-    let mut assignments = stack
+/// Registers `id` with capability `raw` from a bare NATS client and returns
+/// its assignment subscription: an agent written from the protocol page.
+async fn raw_agent(stack: &Stack, id: &str) -> async_nats::Subscriber {
+    use concord_wire::v1::{Capability, RegisterAgent, RegisterAgentReply};
+    let subjects = &stack.client.subjects;
+    let assignments = stack
         .client
         .client
-        .subscribe(subjects.agent_tasks("raw-1"))
+        .subscribe(subjects.agent_tasks(id))
         .await
         .unwrap();
     let _: RegisterAgentReply = stack
@@ -725,7 +722,7 @@ async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
         .request(
             subjects.endpoint("registry", "register"),
             &RegisterAgent {
-                id: "raw-1".into(),
+                id: id.into(),
                 name: "raw".into(),
                 capabilities: vec![Capability {
                     name: "raw".into(),
@@ -738,7 +735,17 @@ async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
         )
         .await
         .unwrap();
-    stack.wait_for_agent("raw-1").await;
+    stack.wait_for_agent(id).await;
+    assignments
+}
+
+#[tokio::test]
+async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
+    use concord_wire::v1::{AgentResult, TaskAssignment, agent_result};
+    let stack = Stack::start(test_config()).await;
+    let subjects = stack.client.subjects.clone();
+    // An agent speaking the documented protocol with a bare NATS client.
+    let mut assignments = raw_agent(&stack, "raw-1").await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut headers = HeaderMap::new();
     headers.insert("traceparent", traceparent);
@@ -795,36 +802,9 @@ async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
 
 #[tokio::test]
 async fn a_submission_without_a_trace_gets_one_trace_for_all_its_attempts() {
-    use concord_wire::v1::{
-        AgentResult, Capability, RegisterAgent, RegisterAgentReply, TaskError, agent_result,
-    };
+    use concord_wire::v1::{AgentResult, TaskError, agent_result};
     let stack = Stack::start(test_config()).await;
-    let subjects = stack.client.subjects.clone();
-    let mut assignments = stack
-        .client
-        .client
-        .subscribe(subjects.agent_tasks("raw-2"))
-        .await
-        .unwrap();
-    let _: RegisterAgentReply = stack
-        .client
-        .request(
-            subjects.endpoint("registry", "register"),
-            &RegisterAgent {
-                id: "raw-2".into(),
-                name: "raw".into(),
-                capabilities: vec![Capability {
-                    name: "raw".into(),
-                    level: 1.0,
-                }],
-                max_concurrency: 1,
-                ..Default::default()
-            },
-            WAIT,
-        )
-        .await
-        .unwrap();
-    stack.wait_for_agent("raw-2").await;
+    let mut assignments = raw_agent(&stack, "raw-2").await;
     let mut results = stack.results("t-untraced").await;
     // Like `nats pub`: no traceparent on the submission.
     stack

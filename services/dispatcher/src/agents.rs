@@ -189,10 +189,6 @@ fn heartbeat_is_genuine(
     let headers = message.headers.as_ref();
     let header = |name| concord_bus::headers::get(headers, name);
     let claim = Claim::from_headers(header(SIGNER), header(SIGNED_AT), header(SIGNATURE));
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
     verifier
         .verify_as(
             &beat.agent_id,
@@ -200,7 +196,7 @@ fn heartbeat_is_genuine(
             purpose::HEARTBEAT,
             &message.payload,
             &claim,
-            now_ms,
+            concord_identity::now_ms(),
         )
         .is_ok()
 }

@@ -432,6 +432,16 @@ pub fn removed(agent_id: &str, reason: &str) -> ServiceError {
     )
 }
 
+/// A failed one-row change as the client sees it (the handler's own refusal,
+/// a race lost twice, or storage trouble).
+pub fn refused(error: crate::store::ModifyError) -> ServiceError {
+    match error {
+        crate::store::ModifyError::Refused(error) => error,
+        crate::store::ModifyError::Retry => ServiceError::conflict("concurrent change; retry"),
+        crate::store::ModifyError::Store(error) => unavailable(error),
+    }
+}
+
 /// A storage failure as the client sees it.
 pub fn unavailable(error: impl std::fmt::Display) -> ServiceError {
     ServiceError::unavailable(format!("registry storage unavailable: {error}"))

@@ -32,6 +32,15 @@ mod keys;
 mod verify;
 
 pub use canonical::{PREFIX, canonical, payload_digest};
+
+/// Unix milliseconds now: the signing time of a message signed now, and the
+/// clock a verifier compares it with.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 pub use keys::{AgentKey, KeyError, PUBLIC_KEY_LEN, decode_public_key};
 pub use verify::{Claim, DEFAULT_MAX_SKEW_MS, SignatureError, Signed, Verifier};
 

@@ -7,8 +7,8 @@ use concord_bus::{Reply, Request, ServiceError};
 use concord_identity::purpose;
 use concord_wire::v1::{DeregisterAgent, DeregisterAgentReply, Liveness};
 
-use crate::app::{Registry, unavailable};
-use crate::store::{AgentRow, ModifyError};
+use crate::app::{Registry, refused};
+use crate::store::AgentRow;
 
 pub async fn handle(registry: Registry, request: Request) -> Result<Reply, ServiceError> {
     let message: DeregisterAgent = request.decode()?;
@@ -57,8 +57,6 @@ pub async fn handle(registry: Registry, request: Request) -> Result<Reply, Servi
                 },
             )
         }
-        Err(ModifyError::Refused(error)) => Err(error),
-        Err(ModifyError::Retry) => Err(ServiceError::conflict("concurrent change; retry")),
-        Err(ModifyError::Store(error)) => Err(unavailable(error)),
+        Err(error) => Err(refused(error)),
     }
 }

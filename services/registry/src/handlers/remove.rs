@@ -10,8 +10,8 @@ use concord_bus::{Reply, Request, ServiceError};
 use concord_wire::v1::{Liveness, RemoveAgent, RemoveAgentReply};
 use sqlx::types::Json;
 
-use crate::app::{Registry, unavailable};
-use crate::store::{AgentRow, ModifyError, record_json};
+use crate::app::{Registry, refused};
+use crate::store::{AgentRow, record_json};
 
 /// The reason stored when the request gives none.
 pub const DEFAULT_REASON: &str = "removed by an operator";
@@ -78,8 +78,6 @@ pub async fn handle(registry: Registry, request: Request) -> Result<Reply, Servi
                 },
             )
         }
-        Err(ModifyError::Refused(error)) => Err(error),
-        Err(ModifyError::Retry) => Err(ServiceError::conflict("concurrent change; retry")),
-        Err(ModifyError::Store(error)) => Err(unavailable(error)),
+        Err(error) => Err(refused(error)),
     }
 }

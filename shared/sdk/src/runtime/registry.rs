@@ -61,19 +61,16 @@ fn signature<'a, A>(
 ) -> impl FnOnce(&[u8]) -> Vec<(&'static str, String)> + 'a {
     move |payload| match &shared.key {
         Some(key) => key
-            .sign(purpose, &shared.agent_id, now_ms(), payload)
+            .sign(
+                purpose,
+                &shared.agent_id,
+                crate::identity::now_ms(),
+                payload,
+            )
             .headers()
             .into(),
         None => Vec::new(),
     }
-}
-
-/// Unix milliseconds now (the signing time).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Whether a failed request may succeed later unchanged.
