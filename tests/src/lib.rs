@@ -13,6 +13,36 @@ use futures::StreamExt;
 
 pub mod stack;
 
+/// A registry running in-process on a [`World`] until [`RunningRegistry::stop`].
+pub struct RunningRegistry {
+    pub registry: concord_registry::Registry,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningRegistry {
+    /// Starts the registry with `config` against `world`.
+    pub async fn start(
+        world: &World,
+        config: concord_registry::RegistryConfig,
+    ) -> anyhow::Result<Self> {
+        let context = world.context(&concord_registry::INFO).await?;
+        let shutdown = context.shutdown.clone();
+        let (service, registry) = concord_registry::build_with(context, config).await?;
+        Ok(Self {
+            registry,
+            shutdown,
+            task: tokio::spawn(service.run_until_stopped()),
+        })
+    }
+
+    /// Shuts it down and waits for a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 pub use stack::Stack;
 
 /// A real nats-server and a fresh database, isolated from every other test.

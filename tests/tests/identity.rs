@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use concord_bus::{Bus, BusConfig, ServiceError, Shutdown};
 use concord_identity::{AgentKey, SIGNATURE, SIGNED_AT, SIGNER, purpose};
+use concord_registry::RegistryConfig;
 use concord_registry::clock::ManualClock;
-use concord_registry::{Registry, RegistryConfig};
 use concord_sdk::{AgentConfig, AgentError};
 use concord_store::{DeadLetterFilter, EventStore};
-use concord_tests::{Stack, World, metric_counter};
+use concord_tests::{RunningRegistry, Stack, World, metric_counter};
 use concord_wire::v1::{
     AgentHealth, AgentRecord, Capability, DeregisterAgent, DeregisterAgentReply, ErrorCode,
     GetAgent, Heartbeat, HeartbeatAck, RegisterAgent, RegisterAgentReply, RemoveAgent,
@@ -24,54 +24,36 @@ use tokio::task::JoinHandle;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-struct Running {
-    registry: Registry,
-    shutdown: Shutdown,
-    task: JoinHandle<anyhow::Result<()>>,
+/// The registry's fault counter `registry_identity_faults{request,reason}`.
+fn faults(running: &RunningRegistry, request: &str, reason: &str) -> u64 {
+    let text = running.registry.context().metrics.encode();
+    let series = format!(
+        "concord_registry_identity_faults_total{{request=\"{request}\",reason=\"{reason}\"}}"
+    );
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map(|value| value.trim().parse().unwrap())
+        .unwrap_or(0)
 }
 
-impl Running {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        self.task.await.unwrap().unwrap();
-    }
-
-    fn faults(&self, request: &str, reason: &str) -> u64 {
-        let text = self.registry.context().metrics.encode();
-        let series = format!(
-            "concord_registry_identity_faults_total{{request=\"{request}\",reason=\"{reason}\"}}"
-        );
-        text.lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .map(|value| value.trim().parse().unwrap())
-            .unwrap_or(0)
-    }
-
-    async fn dead_letters(&self) -> Vec<concord_store::DeadLetter> {
-        self.registry
-            .context()
-            .dead_letters
-            .list(&DeadLetterFilter::default())
-            .await
-            .unwrap()
-    }
+async fn dead_letters(running: &RunningRegistry) -> Vec<concord_store::DeadLetter> {
+    running
+        .registry
+        .context()
+        .dead_letters
+        .list(&DeadLetterFilter::default())
+        .await
+        .unwrap()
 }
 
-async fn start(world: &World, require_signatures: bool) -> anyhow::Result<Running> {
-    let context = world.context(&concord_registry::INFO).await?;
-    let shutdown = context.shutdown.clone();
+async fn start(world: &World, require_signatures: bool) -> anyhow::Result<RunningRegistry> {
     let config = RegistryConfig {
         clock: Arc::new(ManualClock::new()),
         background: false,
         require_signatures,
         ..RegistryConfig::default()
     };
-    let (service, registry) = concord_registry::build_with(context, config).await?;
-    Ok(Running {
-        registry,
-        shutdown,
-        task: tokio::spawn(service.run_until_stopped()),
-    })
+    RunningRegistry::start(world, config).await
 }
 
 fn now_ms() -> u64 {
@@ -180,10 +162,13 @@ fn assert_denied<T: std::fmt::Debug>(result: Result<T, ServiceError>, header: &s
 }
 
 /// Waits until the registry has kept `count` dead letters.
-async fn wait_for_dead_letters(running: &Running, count: usize) -> Vec<concord_store::DeadLetter> {
+async fn wait_for_dead_letters(
+    running: &RunningRegistry,
+    count: usize,
+) -> Vec<concord_store::DeadLetter> {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
-        let letters = running.dead_letters().await;
+        let letters = dead_letters(running).await;
         if letters.len() >= count {
             return letters;
         }
@@ -244,10 +229,10 @@ async fn a_registration_with_a_key_must_be_signed_with_it() -> anyhow::Result<()
             .all(|header| header.starts_with("Concord-Sign")),
         "{denied:?}"
     );
-    assert_eq!(running.faults("register", "missing_signature"), 1);
-    assert_eq!(running.faults("register", "bad_signature"), 1);
-    assert_eq!(running.faults("register", "wrong_signer"), 1);
-    assert_eq!(running.faults("register", "stale_signature"), 1);
+    assert_eq!(faults(&running, "register", "missing_signature"), 1);
+    assert_eq!(faults(&running, "register", "bad_signature"), 1);
+    assert_eq!(faults(&running, "register", "wrong_signer"), 1);
+    assert_eq!(faults(&running, "register", "stale_signature"), 1);
 
     let reply = register(&bus, &message, Sign::As(&key, "k1", now_ms())).await?;
     assert!(reply.created);
@@ -329,11 +314,11 @@ async fn only_the_key_holder_can_heartbeat_deregister_or_register_again() -> any
     deregister(&bus, "k2", Sign::As(&key, "k2", now_ms())).await?;
     assert_eq!(get(&bus, "k2").await.unwrap_err().code, ErrorCode::NotFound);
 
-    assert_eq!(running.faults("heartbeat", "missing_signature"), 1);
-    assert_eq!(running.faults("heartbeat", "bad_signature"), 2);
-    assert_eq!(running.faults("register", "bad_signature"), 1);
-    assert_eq!(running.faults("deregister", "missing_signature"), 1);
-    assert_eq!(running.faults("deregister", "bad_signature"), 1);
+    assert_eq!(faults(&running, "heartbeat", "missing_signature"), 1);
+    assert_eq!(faults(&running, "heartbeat", "bad_signature"), 2);
+    assert_eq!(faults(&running, "register", "bad_signature"), 1);
+    assert_eq!(faults(&running, "deregister", "missing_signature"), 1);
+    assert_eq!(faults(&running, "deregister", "bad_signature"), 1);
     // Refused signatures are dead letters (3 heartbeats, 1 registration, 2
     // deregistrations); ALREADY_EXISTS is a conflict, not kept.
     let letters = wait_for_dead_letters(&running, 6).await;
@@ -361,7 +346,7 @@ async fn an_agent_without_a_key_works_unsigned_unless_keys_are_required() -> any
         .unwrap_err();
     assert_eq!(error.code, ErrorCode::PermissionDenied);
     assert_eq!(error.field.as_deref(), Some("publicKey"));
-    assert_eq!(strict.faults("register", "key_required"), 1);
+    assert_eq!(faults(&strict, "register", "key_required"), 1);
     let key = AgentKey::from_seed([3; 32]);
     register(
         &bus,
@@ -410,11 +395,8 @@ async fn wait_until_registered(bus: &Bus, id: &str) -> AgentRecord {
 #[tokio::test]
 async fn an_sdk_agent_signs_its_registration_heartbeats_and_deregistration() -> anyhow::Result<()> {
     let world = World::start().await?;
-    let context = world.context(&concord_registry::INFO).await?;
-    let shutdown = context.shutdown.clone();
-    let metrics = context.metrics.clone();
-    let service = concord_registry::build(context).await?;
-    let task = tokio::spawn(service.run_until_stopped());
+    let running = RunningRegistry::start(&world, RegistryConfig::default()).await?;
+    let metrics = running.registry.context().metrics.clone();
     let bus = world.bus("client").await?;
 
     let key = AgentKey::from_seed([4; 32]);
@@ -448,18 +430,14 @@ async fn an_sdk_agent_signs_its_registration_heartbeats_and_deregistration() -> 
         .map(|e| e.event_type)
         .collect();
     assert_eq!(events, ["agent.registered", "agent.deregistered"]);
-    shutdown.trigger();
-    task.await??;
+    running.stop().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn an_operator_removal_stops_the_agent_and_it_does_not_come_back() -> anyhow::Result<()> {
     let world = World::start().await?;
-    let context = world.context(&concord_registry::INFO).await?;
-    let shutdown = context.shutdown.clone();
-    let service = concord_registry::build(context).await?;
-    let task = tokio::spawn(service.run_until_stopped());
+    let running = RunningRegistry::start(&world, RegistryConfig::default()).await?;
     let bus = world.bus("operator").await?;
 
     let key = AgentKey::from_seed([5; 32]);
@@ -539,8 +517,7 @@ async fn an_operator_removal_stops_the_agent_and_it_does_not_come_back() -> anyh
     );
     stop.trigger();
     agent.await??;
-    shutdown.trigger();
-    task.await??;
+    running.stop().await;
     Ok(())
 }
 

@@ -19,10 +19,10 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::{HeaderMap, Subscriber};
 use concord_bus::service::read_reply;
-use concord_bus::{Bus, ServiceError, Shutdown};
-use concord_registry::{Registry, RegistryConfig};
+use concord_bus::{Bus, ServiceError};
+use concord_registry::RegistryConfig;
 use concord_store::EventStore;
-use concord_tests::World;
+use concord_tests::{RunningRegistry, World};
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{
     AgentHealth, AgentRecord, AgentResult, CancelTask, DeregisterAgent, DeregisterAgentReply,
@@ -235,33 +235,9 @@ fn collect(
 // ---------------------------------------------------------------------------
 // The registry and the protocol
 
-struct RunningRegistry {
-    registry: Registry,
-    shutdown: Shutdown,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl RunningRegistry {
-    /// The registry in-process, with its real clock and background tasks.
-    async fn start(world: &World) -> anyhow::Result<RunningRegistry> {
-        let context = world.context(&concord_registry::INFO).await?;
-        let shutdown = context.shutdown.clone();
-        let config = RegistryConfig {
-            background: true,
-            ..RegistryConfig::default()
-        };
-        let (service, registry) = concord_registry::build_with(context, config).await?;
-        Ok(RunningRegistry {
-            registry,
-            shutdown,
-            task: tokio::spawn(service.run_until_stopped()),
-        })
-    }
-
-    async fn stop(self) {
-        self.shutdown.trigger();
-        self.task.await.unwrap().unwrap();
-    }
+/// The registry in-process, with its real clock and background tasks.
+async fn start_registry(world: &World) -> anyhow::Result<RunningRegistry> {
+    RunningRegistry::start(world, RegistryConfig::default()).await
 }
 
 async fn get(bus: &Bus, id: &str) -> Result<AgentRecord, ServiceError> {
@@ -382,7 +358,7 @@ async fn membership_events(world: &World, id: &str) -> Vec<String> {
 async fn python_agent_end_to_end() -> anyhow::Result<()> {
     let python = Python::locate();
     let world = World::start().await?;
-    let registry = RunningRegistry::start(&world).await?;
+    let registry = start_registry(&world).await?;
     let bus = world.bus("python-agent-test").await?;
     // Every heartbeat, beside the registry's queue group.
     let mut beats = bus
@@ -692,7 +668,7 @@ async fn python_agent_end_to_end() -> anyhow::Result<()> {
 async fn python_agent_exits_when_registration_is_refused() -> anyhow::Result<()> {
     let python = Python::locate();
     let world = World::start().await?;
-    let registry = RunningRegistry::start(&world).await?;
+    let registry = start_registry(&world).await?;
     let mut command = agent_command(&python, &world);
     // Label keys are lower case: the registry refuses `Region`.
     command.env("CONCORD_AGENT_LABELS", "Region=eu");

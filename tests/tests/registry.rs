@@ -5,48 +5,27 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_bus::{Bus, ServiceError, Shutdown};
+use concord_bus::{Bus, ServiceError};
+use concord_registry::RegistryConfig;
 use concord_registry::clock::ManualClock;
-use concord_registry::{Registry, RegistryConfig};
 use concord_store::{DeadLetterFilter, EventStore};
-use concord_tests::World;
+use concord_tests::{RunningRegistry, World};
 use concord_wire::v1::{
     AgentRecord, Capability, DeregisterAgent, DeregisterAgentReply, DiscoverAgents,
     DiscoverAgentsReply, ErrorCode, GetAgent, Heartbeat, HeartbeatAck, Liveness, RegisterAgent,
     RegisterAgentReply,
 };
 use futures::StreamExt;
-use tokio::task::JoinHandle;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-struct Running {
-    registry: Registry,
-    shutdown: Shutdown,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn start(world: &World, clock: &ManualClock) -> anyhow::Result<Running> {
-    let context = world.context(&concord_registry::INFO).await?;
-    let shutdown = context.shutdown.clone();
+async fn start(world: &World, clock: &ManualClock) -> anyhow::Result<RunningRegistry> {
     let config = RegistryConfig {
         clock: Arc::new(clock.clone()),
         background: false,
         ..RegistryConfig::default()
     };
-    let (service, registry) = concord_registry::build_with(context, config).await?;
-    Ok(Running {
-        registry,
-        shutdown,
-        task: tokio::spawn(service.run_until_stopped()),
-    })
+    RunningRegistry::start(world, config).await
 }
 
 fn registration(id: &str) -> RegisterAgent {
