@@ -89,7 +89,7 @@ impl Stack {
         let store = TaskStore::new(context.pool.clone());
         let dispatcher_metrics = context.metrics.clone();
         let shutdown = context.shutdown.clone();
-        let dispatcher = concord_dispatcher::build_with(context, config)
+        let (dispatcher, _) = concord_dispatcher::build_with(context, config)
             .await
             .unwrap();
         stops.push((

@@ -356,7 +356,7 @@ pub async fn run(bus: &Bus, command: TaskCommand) -> anyhow::Result<ExitCode> {
                 && result
                     .error
                     .as_ref()
-                    .is_some_and(|e| e.code == concord_dispatcher::endpoints::CANCEL_QUEUED);
+                    .is_some_and(|e| e.code == concord_dispatcher::handlers::cancel::CANCEL_QUEUED);
             if queued {
                 eprintln!(
                     "note: task {id} still waits in the intake stream; it is cancelled when a dispatcher takes it (follow it with `concord task watch {id}`)"

@@ -5,13 +5,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::Subscriber;
 use concord_directory::SharedDirectory;
 use concord_identity::{Claim, SIGNATURE, SIGNED_AT, SIGNER, Verifier, purpose};
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{AgentHealth, AgentRecord, Heartbeat};
-use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 
 use crate::IdMap;
 use crate::routing::Candidate;
@@ -138,37 +135,35 @@ impl Loads {
 /// if its signature verifies (the registry refuses the others), so nobody
 /// can steer routing by reporting loads or health for another agent.
 pub async fn listen_heartbeats(
-    mut subscriber: Subscriber,
+    service: &concord_runtime::Service,
     loads: Loads,
     directory: SharedDirectory,
     refused: prometheus_client::metrics::counter::Counter,
-    stop: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let verifier = Verifier::default();
-    loop {
-        let message = tokio::select! {
-            _ = stop.cancelled() => break,
-            message = subscriber.next() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        let content_type = ContentType::from_header(concord_bus::headers::get(
-            message.headers.as_ref(),
-            concord_bus::headers::CONTENT_TYPE,
-        ))
-        .unwrap_or(ContentType::Json);
-        // Malformed heartbeats are the registry's to refuse; ignore them here.
-        let Ok(beat) = codec::decode::<Heartbeat>(content_type, &message.payload) else {
-            continue;
-        };
-        if heartbeat_is_genuine(&verifier, &directory, &beat, &message) {
-            loads.heartbeat(&beat);
-        } else {
-            refused.inc();
-        }
-    }
-    let _ = subscriber.unsubscribe().await;
+    let subject = service
+        .context()
+        .bus
+        .subjects
+        .endpoint("registry", "heartbeat");
+    service
+        .listen([subject], None, move |message| {
+            let content_type = ContentType::from_header(concord_bus::headers::get(
+                message.headers.as_ref(),
+                concord_bus::headers::CONTENT_TYPE,
+            ))
+            .unwrap_or(ContentType::Json);
+            // Malformed heartbeats are the registry's to refuse; ignore them here.
+            if let Ok(beat) = codec::decode::<Heartbeat>(content_type, &message.payload) {
+                if heartbeat_is_genuine(&verifier, &directory, &beat, &message) {
+                    loads.heartbeat(&beat);
+                } else {
+                    refused.inc();
+                }
+            }
+            std::future::ready(())
+        })
+        .await
 }
 
 /// Whether `beat` may be believed: its agent has no key in the directory

@@ -50,9 +50,6 @@ use crate::writer::{WriteRequest, Written};
 
 pub use intake::Intake;
 
-/// Header on a result re-published after a recovery (the task had finished,
-/// but its submission was delivered again): same content as the first.
-pub const REPLAYED_HEADER: &str = "Concord-Replayed";
 /// Header `concord dlq replay` sets: the dead letter a submission replays.
 pub const REPLAY_OF_HEADER: &str = "Concord-Replay-Of";
 
@@ -101,6 +98,10 @@ pub struct Parts {
     pub stream_identity: String,
     pub held: Arc<AtomicUsize>,
     pub metrics: Metrics,
+    /// Spawns the engine's own work (lookups, dead letters), tracked so
+    /// shutdown waits for it.
+    pub background: concord_runtime::Background,
+    pub dead_letters: concord_runtime::DeadLetterKeeper,
 }
 
 /// Where a held task is in its life.
@@ -185,6 +186,8 @@ pub struct Engine {
     stream_identity: String,
     held_count: Arc<AtomicUsize>,
     metrics: Metrics,
+    background: concord_runtime::Background,
+    dead_letters: concord_runtime::DeadLetterKeeper,
     router: Router,
     breakers: Breakers,
     performance: Performance,
@@ -248,6 +251,8 @@ impl Engine {
             stream_identity: parts.stream_identity,
             held_count: parts.held,
             metrics: parts.metrics,
+            background: parts.background,
+            dead_letters: parts.dead_letters,
             router,
             breakers,
             performance: Performance::default(),
@@ -338,7 +343,7 @@ impl Engine {
                         }
                     }
                 }
-                let _ = held.message.ack_with(jetstream::AckKind::Nak(None)).await;
+                concord_bus::jetstream::nak(&held.message, None).await;
                 handed += 1;
             }
         }
@@ -480,7 +485,7 @@ impl Engine {
         self.metrics.known_ids_bytes.set(self.known.bytes() as i64);
         let store = self.store.clone();
         let answer = self.known_loaded.0.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let _ = answer.send((generation, store.known_ids().await));
         });
     }
@@ -555,7 +560,7 @@ impl Engine {
         for held in self.tasks.values_mut() {
             if now.duration_since(held.extended_at) >= threshold {
                 held.extended_at = now;
-                let _ = held.message.ack_with(jetstream::AckKind::Progress).await;
+                concord_bus::jetstream::in_progress(&held.message).await;
             }
         }
     }

@@ -7,9 +7,9 @@
 //! (lease, progress, retries with backoff, circuit breakers), records every
 //! transition as a `task.*` event with the `tasks` projection row in
 //! batched Postgres transactions, then publishes the result on
-//! `<root>.tasks.result.<id>` and acknowledges the submission. Requests:
-//! `<root>.tasks.run`, `<root>.tasks.get`, `<root>.tasks.cancel` (see
-//! [`endpoints`] and docs/PROTOCOL.md).
+//! `<root>.tasks.result.<id>` ([`results`]) and acknowledges the submission.
+//! Requests: `<root>.tasks.run`, `<root>.tasks.get`, `<root>.tasks.cancel`
+//! (see [`handlers`] and docs/PROTOCOL.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,15 +22,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod agents;
+pub mod app;
 pub mod backoff;
 pub mod breaker;
 pub mod config;
-pub mod endpoints;
 pub mod engine;
+pub mod handlers;
+pub mod holder;
 pub mod known_ids;
 pub mod metrics;
 pub mod performance;
 pub mod projection;
+pub mod results;
 pub mod routing;
 pub mod store;
 pub mod streams;
@@ -43,6 +46,7 @@ pub mod writer;
 /// (foldhash, seeded per process) rather than the standard SipHash.
 pub type IdMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 
+pub use app::Dispatcher;
 pub use config::{DispatcherArgs, DispatcherConfig};
 
 /// Name, description and default metrics port of the dispatcher.
@@ -54,14 +58,15 @@ pub const INFO: ServiceInfo = ServiceInfo {
 
 /// Builds the service with default settings; tests call this in-process.
 pub async fn build(context: ServiceContext) -> anyhow::Result<Service> {
-    build_with(context, DispatcherConfig::default()).await
+    Ok(build_with(context, DispatcherConfig::default()).await?.0)
 }
 
-/// Builds the service with `config`.
+/// Builds the service with `config` and returns the handle its request
+/// handlers share.
 pub async fn build_with(
     context: ServiceContext,
     config: DispatcherConfig,
-) -> anyhow::Result<Service> {
+) -> anyhow::Result<(Service, Dispatcher)> {
     let bus = context.bus.clone();
     let js = jetstream::new(bus.client.clone());
     let (stream, consumer) = streams::ensure(&js, &bus.subjects, config.ack_wait).await?;
@@ -74,28 +79,21 @@ pub async fn build_with(
 
     // The registry's directory, kept current by a KV watch.
     let directory = concord_directory::SharedDirectory::default();
-    let bucket = concord_directory::DirectoryBucket::open(&bus).await?;
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    service.spawn_background(concord_directory::watch(
-        bucket,
-        directory.clone(),
-        stop.clone(),
-        ready_tx,
-    ));
-    let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+    service
+        .watch_directory(
+            concord_directory::DirectoryBucket::open(&bus).await?,
+            directory.clone(),
+        )
+        .await;
 
     let loads = agents::Loads::default();
-    let heartbeats = bus
-        .client
-        .subscribe(bus.subjects.endpoint("registry", "heartbeat"))
-        .await?;
-    service.spawn_background(agents::listen_heartbeats(
-        heartbeats,
+    agents::listen_heartbeats(
+        &service,
         loads.clone(),
         directory.clone(),
         metrics.heartbeats_refused.clone(),
-        stop.clone(),
-    ));
+    )
+    .await?;
 
     // A second connection, without echo, carries what must reach others in
     // order (a task's events, then its result) and the feed of the other
@@ -104,26 +102,41 @@ pub async fn build_with(
     let feed = bus.sibling("events", false).await?;
 
     // The writer outlives the engine: it drains what the engine hands it.
+    // When the engine returns it drops the writer's sender: the writer
+    // drains what it was handed and ends. It gives up retrying a failing
+    // batch only `grace` after shutdown began (the database is gone; the
+    // submissions stay unacknowledged and are redelivered).
     let (write_tx, write_rx) = mpsc::unbounded_channel();
     let (written_tx, written_rx) = mpsc::unbounded_channel();
-    let writer_stop = CancellationToken::new();
+    let grace = context.shutdown_grace;
     {
         let store = store.clone();
         let dead_letters = store.dead_letters();
         let feed = feed.clone();
         let writer_metrics = writer::WriterMetrics::register(&context.metrics);
-        let writer_stop = writer_stop.clone();
+        let stop = stop.clone();
         service.spawn_background(async move {
-            writer::run(
+            let writer_stop = CancellationToken::new();
+            let writer = writer::run(
                 store,
                 dead_letters,
                 &feed,
                 write_rx,
                 written_tx,
-                writer_stop,
+                writer_stop.clone(),
                 writer_metrics,
-            )
-            .await;
+            );
+            let mut writer = std::pin::pin!(writer);
+            tokio::select! {
+                _ = &mut writer => {}
+                _ = async {
+                    stop.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                } => {
+                    writer_stop.cancel();
+                    writer.await;
+                }
+            }
             let _ = feed.client.flush().await;
         });
     }
@@ -141,19 +154,10 @@ pub async fn build_with(
         .await?;
     let cancel_queued = bus
         .client
-        .subscribe(endpoints::cancel_queued_subject(&bus))
+        .subscribe(holder::cancel_queued_subject(&bus))
         .await?;
     let (command_tx, command_rx) = mpsc::channel(1024);
-    let holder = bus
-        .client
-        .subscribe(bus.subjects.join("dispatcher.held.*.cancel"))
-        .await?;
-    service.spawn_background(endpoints::listen_holder_cancels(
-        bus.clone(),
-        holder,
-        command_tx,
-        stop.clone(),
-    ));
+    holder::listen(&service, command_tx).await?;
 
     let held = Arc::new(AtomicUsize::new(0));
     let (pulled_tx, pulled_rx) = mpsc::channel(8);
@@ -179,6 +183,8 @@ pub async fn build_with(
         stream_identity,
         held,
         metrics,
+        background: service.background(),
+        dead_letters: context.dead_letter_keeper(),
     })?;
     let inputs = engine::Inputs {
         pulled: pulled_rx,
@@ -190,46 +196,28 @@ pub async fn build_with(
         cancel_queued,
         connection: feed.connection_changes(),
     };
-    let grace = context.shutdown_grace;
-    // When the engine returns it drops the writer's sender: the writer
-    // drains what it was handed and ends. It gives up retrying a failing
-    // batch only `grace` after shutdown began (the database is gone; the
-    // submissions stay unacknowledged and are redelivered).
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            stop.cancelled().await;
-            tokio::time::sleep(grace).await;
-            writer_stop.cancel();
-        }
-    });
     service.spawn_background(async move {
         engine.run(inputs, stop, grace).await;
         let _ = feed.client.flush().await;
     });
 
-    let endpoints = endpoints::Endpoints {
+    let dispatcher = Dispatcher {
         bus: bus.clone(),
         store,
         events: context.events.clone(),
         config,
         jetstream: js,
     };
-    let host = service.host();
-    macro_rules! endpoint {
-        ($name:literal, $subject:expr, $method:ident) => {{
-            let endpoints = endpoints.clone();
-            host.endpoint($name, $subject, move |request| {
-                let endpoints = endpoints.clone();
-                async move { endpoints.$method(request).await }
-            })
-            .await?;
-        }};
-    }
-    endpoint!("run", bus.subjects.tasks_run(), run);
-    endpoint!("get", bus.subjects.join("tasks.get"), get);
-    endpoint!("cancel", bus.subjects.join("tasks.cancel"), cancel);
-    Ok(service)
+    service
+        .serve("tasks", "run", &dispatcher, handlers::run::handle)
+        .await?;
+    service
+        .serve("tasks", "get", &dispatcher, handlers::get::handle)
+        .await?;
+    service
+        .serve("tasks", "cancel", &dispatcher, handlers::cancel::handle)
+        .await?;
+    Ok((service, dispatcher))
 }
 
 /// With no delivery for this long, the puller checks that the server still

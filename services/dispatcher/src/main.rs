@@ -35,10 +35,8 @@ fn main() -> ExitCode {
         concord_dispatcher::INFO,
         cli.service,
         |context| async move {
-            concord_dispatcher::build_with(context, config)
-                .await?
-                .run_until_stopped()
-                .await
+            let (service, _dispatcher) = concord_dispatcher::build_with(context, config).await?;
+            service.run_until_stopped().await
         },
     )
 }

@@ -19,8 +19,6 @@ pub mod reputation;
 pub mod store;
 pub mod validate;
 
-use std::time::Duration;
-
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 
 pub use app::Registry;
@@ -48,43 +46,53 @@ pub async fn build_with(
     let service = Service::start(context.clone()).await?;
 
     // Load this replica's directory from the bucket before answering anything.
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    service.spawn_background(concord_directory::watch(
-        registry.bucket().clone(),
-        registry.directory(),
-        service.background_token(),
-        ready_tx,
-    ));
-    let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+    service
+        .watch_directory(registry.bucket().clone(), registry.directory())
+        .await;
     // Heal the bucket from Postgres (after a JetStream loss, or writes that
     // failed to reach it).
     registry.reconcile().await?;
 
-    let subjects = &context.bus.subjects;
-    let host = service.host();
-    macro_rules! endpoint {
-        ($add:ident, $name:literal, $handler:path) => {{
-            let registry = registry.clone();
-            host.$add(
-                $name,
-                subjects.endpoint("registry", $name),
-                move |request| $handler(registry.clone(), request),
-            )
-            .await?;
-        }};
-    }
-    endpoint!(endpoint, "register", handlers::register::handle);
-    endpoint!(endpoint, "deregister", handlers::deregister::handle);
-    endpoint!(endpoint_untraced, "heartbeat", handlers::heartbeat::handle);
-    endpoint!(endpoint, "discover", handlers::discover::handle);
-    endpoint!(endpoint, "get", handlers::get::handle);
-    endpoint!(endpoint, "remove", handlers::remove::handle);
+    service
+        .serve(
+            "registry",
+            "register",
+            &registry,
+            handlers::register::handle,
+        )
+        .await?;
+    service
+        .serve(
+            "registry",
+            "deregister",
+            &registry,
+            handlers::deregister::handle,
+        )
+        .await?;
+    service
+        .serve_untraced(
+            "registry",
+            "heartbeat",
+            &registry,
+            handlers::heartbeat::handle,
+        )
+        .await?;
+    service
+        .serve(
+            "registry",
+            "discover",
+            &registry,
+            handlers::discover::handle,
+        )
+        .await?;
+    service
+        .serve("registry", "get", &registry, handlers::get::handle)
+        .await?;
+    service
+        .serve("registry", "remove", &registry, handlers::remove::handle)
+        .await?;
 
-    service.spawn_background(reputation::listen(
-        registry.clone(),
-        context.bus.clone(),
-        service.background_token(),
-    ));
+    reputation::listen(&service, registry.clone()).await?;
     if registry.config().background {
         service.spawn_background(background(registry.clone(), service.background_token()));
     }

@@ -5,45 +5,25 @@
 //! Live events are core NATS messages (at most once), so the score is an
 //! estimate that can miss an event during a restart; it only steers routing.
 
-use concord_bus::Bus;
-use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
+use concord_runtime::Service;
 
 use crate::app::Registry;
 
-/// Subscribes to task outcome events and counts them until `stop`.
+/// Subscribes to task outcome events and counts them until shutdown.
 ///
 /// Only the two outcome subjects: a wildcard over `events.task.*` would have
 /// nats-server deliver every task's other events here too.
-pub async fn listen(registry: Registry, bus: Bus, stop: CancellationToken) {
-    let mut streams = Vec::new();
-    for outcome in ["completed", "failed"] {
-        let subject = bus.subjects.event("task", outcome);
-        match bus
-            .client
-            .queue_subscribe(subject.clone(), "concord-registry".into())
-            .await
-        {
-            Ok(events) => streams.push(events),
-            Err(error) => {
-                tracing::error!(%error, %subject, "cannot subscribe to task outcomes; reputation stays fixed");
-                return;
+pub async fn listen(service: &Service, registry: Registry) -> anyhow::Result<()> {
+    let subjects = &service.context().bus.subjects;
+    let outcomes = ["completed", "failed"].map(|outcome| subjects.event("task", outcome));
+    service
+        .listen(outcomes, Some(crate::INFO.name), move |message| {
+            if let Some((agent_id, success)) = outcome(&message.subject, &message.payload) {
+                registry.record_outcome(&agent_id, success);
             }
-        }
-    }
-    let mut events = futures::stream::select_all(streams);
-    loop {
-        let message = tokio::select! {
-            _ = stop.cancelled() => return,
-            message = events.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
-        };
-        if let Some((agent_id, success)) = outcome(&message.subject, &message.payload) {
-            registry.record_outcome(&agent_id, success);
-        }
-    }
+            std::future::ready(())
+        })
+        .await
 }
 
 /// The agent and success of a task event, if it is an outcome with an agent.

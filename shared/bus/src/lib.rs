@@ -6,11 +6,13 @@
 //! - [`ServiceError`]: error replies with a stable code and the name of the bad field.
 //! - [`service`]: the scaffold that makes a service answer `$SRV.PING/INFO/STATS`,
 //!   opens one span per request and drains in-flight work on shutdown.
+//! - [`jetstream`]: acknowledging, delaying and terminating JetStream deliveries.
 //! - [`Shutdown`]: one cancellation token, tripped by SIGTERM/SIGINT.
 
 mod connect;
 mod error;
 pub mod headers;
+pub mod jetstream;
 pub mod service;
 mod shutdown;
 mod subjects;

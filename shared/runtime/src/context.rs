@@ -13,7 +13,7 @@ use concord_store::{DeadLetterStore, EventStore};
 use concord_telemetry::{MetricsRegistry, MetricsServer, TelemetryConfig};
 use sqlx::PgPool;
 
-use crate::{EventPublisher, StoreRejectSink};
+use crate::{DeadLetterKeeper, EventPublisher, StoreRejectSink};
 
 /// What a service is: its name on NATS, what it does, its default metrics port.
 #[derive(Debug, Clone, Copy)]
@@ -104,10 +104,12 @@ impl ServiceContext {
 
     /// A sink that keeps rejected requests as dead letters and emits an event.
     pub fn reject_sink(&self) -> Arc<StoreRejectSink> {
-        Arc::new(StoreRejectSink::new(
-            self.dead_letters.clone(),
-            self.events.clone(),
-        ))
+        Arc::new(StoreRejectSink::new(self.dead_letter_keeper()))
+    }
+
+    /// Keeps dead letters of this service (with their events).
+    pub fn dead_letter_keeper(&self) -> DeadLetterKeeper {
+        DeadLetterKeeper::new(self.dead_letters.clone(), self.events.clone())
     }
 
     /// Writes queued events, then drains and closes the NATS connection (every

@@ -16,7 +16,7 @@
 //! fn main() -> std::process::ExitCode {
 //!     run_service(INFO, args(), |context| async move {
 //!         let service = Service::start(context).await?;
-//!         // service.host().endpoint(...) for each operation
+//!         // service.serve("group", "name", &app, handlers::name::handle) per request
 //!         service.run_until_stopped().await
 //!     })
 //! }
@@ -25,14 +25,17 @@
 //! Tests skip [`run_service`] and call [`ServiceContext::connect`] directly, so
 //! services run in-process against the test's own NATS and database.
 
+mod background;
 mod context;
 mod dead_letters;
 mod events;
 mod service;
 
+pub use background::{Background, for_each_until};
 pub use context::{ServiceContext, ServiceInfo, StartupError, run_service};
 pub use dead_letters::{
-    REASON_INVALID_INPUT, REASON_PERMISSION_DENIED, StoreRejectSink, reason_of,
+    DeadLetterKeeper, REASON_INVALID_INPUT, REASON_PERMISSION_DENIED, StoreRejectSink, reason_of,
+    refused_letter,
 };
 pub use events::{EmitError, EventPublisher, event_json, publish as publish_events};
 pub use service::Service;

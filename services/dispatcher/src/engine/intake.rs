@@ -10,7 +10,6 @@ use concord_bus::service::header_map;
 use concord_store::NewDeadLetter;
 
 use super::{Engine, Held, Phase, REPLAY_OF_HEADER};
-use crate::endpoints::publish_result;
 use crate::projection::{Finality, TaskEvent, TaskView};
 use crate::submission::{self, Origin};
 use crate::task_spec::TaskSpec;
@@ -75,7 +74,7 @@ impl Engine {
                 } else {
                     // Another submission of a task we hold: one task.
                     self.metrics.duplicates.inc();
-                    let _ = message.ack().await;
+                    concord_bus::jetstream::ack(&message).await;
                 }
                 continue;
             }
@@ -118,7 +117,7 @@ impl Engine {
         let ids: Vec<String> = lookups.iter().map(|i| i.spec.id.clone()).collect();
         let store = self.store.clone();
         let answer = self.looked.0.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let result = async {
                 let views = store.lookup(&ids).await?;
                 let unseen: Vec<String> = ids
@@ -158,12 +157,11 @@ impl Engine {
                 tracing::warn!(error = %format!("{error:#}"), tasks = intakes.len(), "cannot read task state; submissions will be redelivered");
                 for intake in intakes {
                     self.tasks.remove(&intake.spec.id);
-                    let _ = intake
-                        .message
-                        .ack_with(jetstream::AckKind::Nak(Some(
-                            std::time::Duration::from_secs(1),
-                        )))
-                        .await;
+                    concord_bus::jetstream::nak(
+                        &intake.message,
+                        Some(std::time::Duration::from_secs(1)),
+                    )
+                    .await;
                 }
                 return;
             }
@@ -186,7 +184,7 @@ impl Engine {
                         // Finished before: a duplicate submission, or our own
                         // redelivered after a crash between commit and ack.
                         self.metrics.duplicates.inc();
-                        publish_result(&self.feed, &view.result(), true).await;
+                        crate::results::publish(&self.feed, &view.result(), true).await;
                         self.ack_after_result(&intake.message).await;
                     }
                 }
@@ -272,36 +270,15 @@ impl Engine {
             history: serde_json::json!([]),
         };
         tracing::info!(error = %error.message, dead_letter = %id, "invalid task submission dead-lettered");
-        let store = self.store.dead_letters();
-        let events = self.events.clone();
-        let error = error.clone();
-        tokio::spawn(async move {
-            loop {
-                match store.put(&letter).await {
-                    Ok(()) => break,
-                    Err(store_error) => {
-                        tracing::warn!(%store_error, "cannot store dead letter; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                }
+        let keeper = self.dead_letters.clone();
+        let field = error.field.clone();
+        let stop = self.background.token();
+        self.background.spawn(async move {
+            // Acknowledged only once kept: a replica stopped before that
+            // leaves it to be delivered again (to the same dead letter).
+            if keeper.keep_retrying(&letter, field.as_deref(), &stop).await {
+                concord_bus::jetstream::ack(&message).await;
             }
-            let event = events.event(
-                "dead_letter",
-                &id.to_string(),
-                1,
-                "dead_letter.created",
-                serde_json::json!({
-                    "subject": letter.subject,
-                    "reason": letter.reason,
-                    "error": error.message,
-                    "field": error.field,
-                    "source": letter.source,
-                }),
-            );
-            if let Err(emit_error) = events.emit(vec![event]).await {
-                tracing::warn!(%emit_error, "could not record dead_letter.created event");
-            }
-            let _ = message.ack().await;
         });
     }
 }

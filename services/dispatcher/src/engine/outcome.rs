@@ -464,7 +464,7 @@ impl Engine {
                 for waiter in held.waiters {
                     let _ = waiter.send(None);
                 }
-                let _ = held.message.ack().await;
+                concord_bus::jetstream::ack(&held.message).await;
                 continue;
             }
             held.persisted = held.view.last_sequence - held.pending.len() as i64;
@@ -483,13 +483,9 @@ impl Engine {
                 }
                 match held.result_json {
                     Some(json) => {
-                        crate::endpoints::publish_result_json(&self.feed, &task_id, json, false)
-                            .await
+                        crate::results::publish_json(&self.feed, &task_id, json, false).await
                     }
-                    None => {
-                        crate::endpoints::publish_result(&self.feed, &held.view.result(), false)
-                            .await
-                    }
+                    None => crate::results::publish(&self.feed, &held.view.result(), false).await,
                 }
                 self.ack_after_result(&held.message).await;
                 if !held.waiters.is_empty() {
