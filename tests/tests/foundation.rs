@@ -31,6 +31,7 @@ const TEST_SERVICE: ServiceInfo = ServiceInfo {
     name: "concord-testsvc",
     description: "endpoint used by the foundation tests",
     default_metrics_port: 0,
+    migrations: None,
 };
 
 #[tokio::test]

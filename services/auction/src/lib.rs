@@ -6,11 +6,12 @@
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 
-/// Name, description and default metrics port of the auction.
+/// Name, description, default metrics port and tables of the auction.
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "concord-auction",
     description: "Auctions, contract net and coalition formation",
     default_metrics_port: 9104,
+    migrations: None,
 };
 
 /// Builds the service on connected infrastructure; tests call this in-process.

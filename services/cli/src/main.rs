@@ -46,8 +46,6 @@ enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
-    /// Apply database migrations (services also do this when they start).
-    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -75,12 +73,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Task(command) => tasks::run(&connect(&cli.nats).await?, command).await,
         Command::Events(command) => events::run(&cli.nats, &cli.database, command).await,
         Command::Dlq(command) => dlq::run(&cli.nats, &cli.database, command).await,
-        Command::Migrate => {
-            let pool = concord_store::connect(&cli.database.database_url, 2).await?;
-            concord_store::migrate(&pool).await?;
-            println!("migrations applied");
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }
 

@@ -6,11 +6,12 @@
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 
-/// Name, description and default metrics port of the consensus.
+/// Name, description, default metrics port and tables of the consensus.
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "concord-consensus",
     description: "Proposals, voting sessions and leader election",
     default_metrics_port: 9103,
+    migrations: None,
 };
 
 /// Builds the service on connected infrastructure; tests call this in-process.

@@ -49,11 +49,17 @@ pub type IdMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomS
 pub use app::Dispatcher;
 pub use config::{DispatcherArgs, DispatcherConfig};
 
-/// Name, description and default metrics port of the dispatcher.
+/// The dispatcher's tables (`migrations/dispatcher/`).
+fn migrations() -> concord_store::Migrator {
+    sqlx::migrate!("../../migrations/dispatcher")
+}
+
+/// Name, description, default metrics port and tables of the dispatcher.
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "concord-dispatcher",
     description: "Task intake, routing, delivery, retries, dead letters and results",
     default_metrics_port: 9102,
+    migrations: Some(migrations),
 };
 
 /// Builds the service with default settings; tests call this in-process.

@@ -6,11 +6,12 @@
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 
-/// Name, description and default metrics port of the monitor.
+/// Name, description, default metrics port and tables of the monitor.
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "concord-monitor",
     description: "Coordination metrics, liveness alerts and dashboards",
     default_metrics_port: 9106,
+    migrations: None,
 };
 
 /// Builds the service on connected infrastructure; tests call this in-process.

@@ -24,11 +24,17 @@ use concord_runtime::{Service, ServiceContext, ServiceInfo};
 pub use app::Registry;
 pub use config::{RegistryArgs, RegistryConfig};
 
-/// Name, description and default metrics port of the registry.
+/// The registry's tables (`migrations/registry/`).
+fn migrations() -> concord_store::Migrator {
+    sqlx::migrate!("../../migrations/registry")
+}
+
+/// Name, description, default metrics port and tables of the registry.
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "concord-registry",
     description: "Agent directory: registration, heartbeats, liveness, discovery",
     default_metrics_port: 9101,
+    migrations: Some(migrations),
 };
 
 /// Builds the service with default settings; tests call this in-process.

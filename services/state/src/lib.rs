@@ -6,11 +6,12 @@
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 
-/// Name, description and default metrics port of the state.
+/// Name, description, default metrics port and tables of the state.
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "concord-state",
     description: "Versioned shared state, barriers and locks",
     default_metrics_port: 9105,
+    migrations: None,
 };
 
 /// Builds the service on connected infrastructure; tests call this in-process.

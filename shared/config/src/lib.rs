@@ -135,6 +135,11 @@ pub struct ServiceArgs {
         default_value_t = 10
     )]
     pub shutdown_grace_secs: u64,
+
+    /// Apply the shared migrations and this service's own (its folder under
+    /// `migrations/`), then exit without serving.
+    #[arg(long = "migrate-only")]
+    pub migrate_only: bool,
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub struct ServiceInfo {
     pub description: &'static str,
     /// Port of `/metrics` on 127.0.0.1 unless `--metrics-addr` says otherwise.
     pub default_metrics_port: u16,
+    /// The service's own tables (its folder under `migrations/`), applied at
+    /// connect after the shared ones; `None` for a service without tables.
+    pub migrations: Option<fn() -> concord_store::Migrator>,
 }
 
 /// Everything a service needs, connected.
@@ -55,7 +58,8 @@ pub enum StartupError {
 }
 
 impl ServiceContext {
-    /// Connects to NATS and Postgres (running migrations), starts the metrics
+    /// Connects to NATS and Postgres (applying the shared migrations and the
+    /// service's own), starts the metrics
     /// endpoint and the event publisher. Does not install telemetry (see [`run_service`]).
     pub async fn connect(
         info: &ServiceInfo,
@@ -69,7 +73,7 @@ impl ServiceContext {
         let pool =
             concord_store::connect(&args.database.database_url, args.database.max_connections)
                 .await?;
-        concord_store::migrate(&pool).await?;
+        migrate(info, &pool).await?;
 
         let metrics = MetricsRegistry::with_prefix("concord");
         let metrics_addr = args
@@ -121,6 +125,15 @@ impl ServiceContext {
     }
 }
 
+/// Applies the shared migrations, then the service's own.
+async fn migrate(info: &ServiceInfo, pool: &PgPool) -> Result<(), StartupError> {
+    concord_store::migrate_shared(pool).await?;
+    if let Some(migrations) = info.migrations {
+        concord_store::migrate(pool, &migrations()).await?;
+    }
+    Ok(())
+}
+
 /// Runs a service process: telemetry, connections, `serve` until SIGTERM, then
 /// a drain. Startup errors print as one line (`<name>: error: ...`) with exit code 1.
 pub fn run_service<F, Fut>(info: ServiceInfo, args: ServiceArgs, serve: F) -> ExitCode
@@ -148,6 +161,16 @@ where
             "{}: starting",
             info.description
         );
+        if args.migrate_only {
+            // Postgres only: no NATS, no metrics port (a running replica
+            // holds it).
+            let pool = concord_store::connect(&args.database.database_url, 1).await?;
+            migrate(&info, &pool).await?;
+            pool.close().await;
+            tracing::info!(service = name, "migrations applied (--migrate-only)");
+            telemetry.shutdown(Duration::from_secs(5));
+            return Ok(());
+        }
         let shutdown = Shutdown::on_signals();
         let context = ServiceContext::connect(&info, &args, shutdown).await?;
         let outcome = serve(context).await;

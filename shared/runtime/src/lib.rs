@@ -11,6 +11,7 @@
 //!     name: "concord-example",
 //!     description: "An example service",
 //!     default_metrics_port: 9199,
+//!     migrations: None,
 //! };
 //!
 //! fn main() -> std::process::ExitCode {

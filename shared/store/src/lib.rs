@@ -7,7 +7,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), concord_store::StoreError> {
 //! let pool = concord_store::connect("postgres://concord:concord@127.0.0.1:5433/concord", 8).await?;
-//! concord_store::migrate(&pool).await?;
+//! concord_store::migrate_shared(&pool).await?;
 //! let events = concord_store::EventStore::new(pool.clone());
 //! let last = events.last_sequence("task", "t-1").await?;
 //! # let _ = last;
@@ -29,7 +29,9 @@ pub use direct::{DirectConnections, Taken};
 pub use error::StoreError;
 pub use event_data::EventData;
 pub use events::{AppendOutcome, EventColumns, EventStore, NewEvent, ReplayFilter, StoredEvent};
-pub use pool::{DEFAULT_CONNECT_TIMEOUT, connect, connect_with_timeout, migrate};
+pub use pool::{
+    DEFAULT_CONNECT_TIMEOUT, Migrator, connect, connect_with_timeout, migrate, migrate_shared,
+};
 
 /// Re-exported so callers can name pool and transaction types without their own sqlx import.
 pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};

@@ -11,8 +11,12 @@ use crate::StoreError;
 /// How long [`connect`] waits for the first connection before giving up.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Migrations from the workspace's `migrations/` folder, embedded at compile time.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+/// A set of migrations, embedded with `sqlx::migrate!("../../migrations/<owner>")`.
+pub use sqlx::migrate::Migrator;
+
+/// The tables every service writes (`events`, `dead_letters`), from
+/// `migrations/shared/`, embedded at compile time.
+static SHARED: Migrator = sqlx::migrate!("../../migrations/shared");
 
 /// Connects a pool of at most `max_connections` to the database at `url`.
 ///
@@ -72,12 +76,22 @@ pub async fn connect_with_timeout(
         })
 }
 
-/// Applies the embedded migrations that the database has not seen yet.
+/// Applies the shared migrations (`migrations/shared/`) that the database
+/// has not seen yet.
 ///
 /// Safe to run concurrently from several replicas (sqlx takes an advisory
 /// lock) and to run again (applied migrations are skipped).
-pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await?;
+pub async fn migrate_shared(pool: &PgPool) -> Result<(), StoreError> {
+    migrate(pool, &SHARED).await
+}
+
+/// Applies `migrations` (one owner's folder) that the database has not seen
+/// yet. Every folder shares one `_sqlx_migrations` table, so the versions of
+/// the other folders found there are ignored, not an error.
+pub async fn migrate(pool: &PgPool, migrations: &Migrator) -> Result<(), StoreError> {
+    let mut own = Migrator::with_migrations(migrations.iter().cloned().collect());
+    own.set_ignore_missing(true);
+    own.run(pool).await?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use concord_store::{StoreError, connect_with_timeout, migrate};
+use concord_store::{Migrator, StoreError, connect_with_timeout, migrate, migrate_shared};
 use concord_testkit::TestDatabase;
 
 #[tokio::test]
@@ -60,9 +60,44 @@ async fn migrations_are_idempotent() -> anyhow::Result<()> {
         before >= 3,
         "events, dead letters and the BRIN index migrations ran"
     );
-    migrate(db.pool()).await?;
-    migrate(db.pool()).await?;
+    migrate_shared(db.pool()).await?;
+    migrate_shared(db.pool()).await?;
     let after: i64 = sqlx::query_scalar(APPLIED).fetch_one(db.pool()).await?;
     assert_eq!(before, after);
+    Ok(())
+}
+
+/// Each service applies the shared folder and its own; they share one
+/// `_sqlx_migrations` table, so neither may refuse the other's versions.
+#[tokio::test]
+async fn each_owner_applies_its_own_folder_next_to_the_others() -> anyhow::Result<()> {
+    static REGISTRY: Migrator = sqlx::migrate!("../../migrations/registry");
+    static DISPATCHER: Migrator = sqlx::migrate!("../../migrations/dispatcher");
+    const TABLES: &str = "select count(*) from information_schema.tables \
+        where table_name in ('registry_agents', 'tasks', 'task_cancellations')";
+    let db = TestDatabase::create().await?;
+    // Only the shared tables so far.
+    let tables: i64 = sqlx::query_scalar(TABLES).fetch_one(db.pool()).await?;
+    assert_eq!(tables, 0, "the test database holds only the shared tables");
+
+    migrate(db.pool(), &REGISTRY).await?;
+    migrate(db.pool(), &DISPATCHER).await?;
+    // Every owner again, in another order: the versions the others applied
+    // are not an error.
+    migrate(db.pool(), &DISPATCHER).await?;
+    migrate_shared(db.pool()).await?;
+    migrate(db.pool(), &REGISTRY).await?;
+    let tables: i64 = sqlx::query_scalar(TABLES).fetch_one(db.pool()).await?;
+    assert_eq!(tables, 3);
+
+    // Versions are global: no two folders use the same number.
+    let mut versions: Vec<i64> = [&REGISTRY, &DISPATCHER]
+        .iter()
+        .flat_map(|m| m.iter().map(|migration| migration.version))
+        .collect();
+    let total = versions.len();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), total, "a migration version is used twice");
     Ok(())
 }

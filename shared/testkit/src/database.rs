@@ -55,7 +55,7 @@ impl TestDatabase {
         let pool = concord_store::connect_with_timeout(&url, POOL_SIZE, CONNECT_TIMEOUT)
             .await
             .with_context(|| format!("cannot connect to test database {name}"))?;
-        concord_store::migrate(&pool)
+        concord_store::migrate_shared(&pool)
             .await
             .with_context(|| format!("cannot migrate test database {name}"))?;
         Ok(TestDatabase {

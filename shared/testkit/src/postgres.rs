@@ -434,7 +434,7 @@ impl PostgresServer {
         admin.close().await;
 
         let pool = self.connect().await?;
-        concord_store::migrate(&pool)
+        concord_store::migrate_shared(&pool)
             .await
             .context("cannot migrate the test Postgres")?;
         pool.close().await;

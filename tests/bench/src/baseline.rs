@@ -550,7 +550,7 @@ async fn measure(
     let root = setup.subject_root.clone();
     let lanes = args.commit_lanes.max(1);
     let pool = concord_store::connect(&scratch.url, lanes as u32 + 1).await?;
-    concord_store::migrate(&pool)
+    concord_store::migrate_shared(&pool)
         .await
         .context("cannot apply the migrations to the run's database")?;
     let store = EventStore::new(pool.clone());
