@@ -1,13 +1,19 @@
-//! `concord dlq list|show|replay|purge`: the dead-letter store, for operators.
+//! `concord dlq list|show|replay|purge`: the dead letters, for operators,
+//! through the dispatcher's `<root>.deadletters.*` requests.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
-use concord_config::{DatabaseArgs, NatsArgs};
-use concord_dispatcher::engine::REPLAY_OF_HEADER;
-use concord_dispatcher::submission::{Origin, derived_id};
-use concord_store::{DeadLetter, DeadLetterFilter, DeadLetterStore, PurgeFilter};
+use concord_bus::Bus;
+use concord_wire::v1::{
+    DeadLetter, DeadLetterList, GetDeadLetter, ListDeadLetters, PurgeDeadLetters,
+    PurgedDeadLetters, ReplayDeadLetter, ReplayedDeadLetter,
+};
 use uuid::Uuid;
+
+/// How long a dead-letter request may take (a replay waits for the intake
+/// stream's confirmation).
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Subcommand)]
 pub enum DlqCommand {
@@ -22,8 +28,9 @@ pub enum DlqCommand {
         /// Only those not replayed since they last failed.
         #[arg(long)]
         pending: bool,
+        /// At most this many (pages of up to 1000 are fetched as needed).
         #[arg(long, default_value_t = 50)]
-        limit: i64,
+        limit: u32,
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -52,13 +59,8 @@ pub enum DlqCommand {
     },
 }
 
-pub async fn run(
-    nats: &NatsArgs,
-    database: &DatabaseArgs,
-    command: DlqCommand,
-) -> anyhow::Result<ExitCode> {
-    let pool = concord_store::connect(&database.database_url, 2).await?;
-    let store = DeadLetterStore::new(pool);
+pub async fn run(bus: &Bus, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let subject = |name: &str| bus.subjects.endpoint("deadletters", name);
     match command {
         DlqCommand::List {
             reason,
@@ -67,171 +69,114 @@ pub async fn run(
             limit,
             json,
         } => {
-            let letters = store
-                .list(&DeadLetterFilter {
-                    reason,
-                    source,
-                    pending_only: pending,
-                    after: None,
-                    limit,
-                })
-                .await?;
-            for letter in &letters {
-                if json {
-                    println!("{}", to_json(letter));
-                } else {
-                    println!(
-                        "{}  {}  {:<18} {:<20} {}",
-                        letter.id,
-                        letter.last_seen.format("%Y-%m-%dT%H:%M:%SZ"),
-                        letter.reason,
-                        letter.source,
-                        letter.error
-                    );
+            let mut query = ListDeadLetters {
+                reason: reason.unwrap_or_default(),
+                source: source.unwrap_or_default(),
+                pending_only: pending,
+                limit: 0,
+                after: String::new(),
+            };
+            let mut printed = 0u32;
+            while printed < limit {
+                query.limit = (limit - printed).min(1000);
+                let page: DeadLetterList = bus
+                    .request(subject("list"), &query, TIMEOUT)
+                    .await
+                    .map_err(crate::tasks::failed)?;
+                for letter in &page.dead_letters {
+                    printed += 1;
+                    if json {
+                        println!("{}", serde_json::to_string(&to_json(letter)?)?);
+                    } else {
+                        println!("{}", row(letter));
+                    }
                 }
+                if page.next.is_empty() {
+                    break;
+                }
+                query.after = page.next;
             }
-            if letters.is_empty() && !json {
+            if printed == 0 && !json {
                 eprintln!("no dead letters");
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Show { id } => match store.get(id).await? {
-            Some(letter) => {
-                println!("{}", serde_json::to_string_pretty(&to_json(&letter))?);
-                Ok(ExitCode::SUCCESS)
-            }
-            None => anyhow::bail!("no dead letter with id {id}"),
-        },
+        DlqCommand::Show { id } => {
+            let letter: DeadLetter = bus
+                .request(
+                    subject("get"),
+                    &GetDeadLetter { id: id.to_string() },
+                    TIMEOUT,
+                )
+                .await
+                .map_err(crate::tasks::failed)?;
+            println!("{}", serde_json::to_string_pretty(&to_json(&letter)?)?);
+            Ok(ExitCode::SUCCESS)
+        }
         DlqCommand::Replay { id } => {
-            let Some(letter) = store.get(id).await? else {
-                anyhow::bail!("no dead letter with id {id}");
-            };
-            let bus = crate::connect(nats).await?;
-            let mut headers = async_nats::HeaderMap::new();
-            for (name, value) in &letter.headers {
-                if name.eq_ignore_ascii_case(concord_bus::headers::MSG_ID)
-                    || name.eq_ignore_ascii_case(REPLAY_OF_HEADER)
-                {
-                    continue;
-                }
-                headers.insert(name.as_str(), value.as_str());
-            }
-            headers.insert(REPLAY_OF_HEADER, id.to_string().as_str());
-            let tasks_submit = bus.subjects.tasks_submit();
-            if letter.subject == tasks_submit {
-                let payload = with_task_id(&letter);
-                let ack = bus
-                    .jetstream()
-                    .publish_with_headers(letter.subject.clone(), headers, payload.into())
-                    .await
-                    .with_context(|| format!("cannot publish to {}", letter.subject))?
-                    .await
-                    .map_err(|error| {
-                        anyhow::anyhow!(
-                            "the intake stream did not confirm the replay ({error}): is concord-dispatcher running?"
-                        )
-                    })?;
-                store.mark_replayed(id).await?;
+            let replayed: ReplayedDeadLetter = bus
+                .request(
+                    subject("replay"),
+                    &ReplayDeadLetter { id: id.to_string() },
+                    TIMEOUT,
+                )
+                .await
+                .map_err(crate::tasks::failed)?;
+            if replayed.stream.is_empty() {
+                println!("replayed {id} to {}", replayed.subject);
+            } else {
                 println!(
                     "replayed {id} to {} (stream {} sequence {})",
-                    letter.subject, ack.stream, ack.sequence
+                    replayed.subject, replayed.stream, replayed.sequence
                 );
-            } else {
-                bus.client
-                    .publish_with_headers(
-                        letter.subject.clone(),
-                        headers,
-                        letter.payload.clone().into(),
-                    )
-                    .await?;
-                bus.client.flush().await?;
-                store.mark_replayed(id).await?;
-                println!("replayed {id} to {}", letter.subject);
+                if replayed.task_id.is_empty() {
+                    eprintln!(
+                        "note: the submission names no task id (neither in its body nor as Nats-Msg-Id): the dispatcher runs the replay as a new task"
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Purge { ids, all, reason } => {
-            let filter = if all {
-                PurgeFilter {
-                    reason,
-                    ..PurgeFilter::all()
-                }
-            } else if ids.is_empty() {
+            if !all && ids.is_empty() {
                 anyhow::bail!("name the dead letters to purge, or pass --all");
-            } else {
-                PurgeFilter {
-                    reason,
-                    ..PurgeFilter::ids(ids)
-                }
+            }
+            let query = PurgeDeadLetters {
+                ids: ids.iter().map(Uuid::to_string).collect(),
+                all,
+                reason: reason.unwrap_or_default(),
             };
-            let purged = store.purge(&filter).await?;
-            println!("purged {purged} dead letter(s)");
+            let purged: PurgedDeadLetters = bus
+                .request(subject("purge"), &query, TIMEOUT)
+                .await
+                .map_err(crate::tasks::failed)?;
+            println!("purged {} dead letter(s)", purged.purged);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// The payload to replay for a task submission. A JSON body without an
-/// `id` got its task id from the `Nats-Msg-Id` header, which the replay
-/// leaves out: put that id into the body so the replay reopens the same
-/// task. Anything else is replayed as it is.
-fn with_task_id(letter: &DeadLetter) -> Vec<u8> {
-    let header = |name: &str| {
-        letter
-            .headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    };
-    let json =
-        concord_wire::codec::ContentType::from_header(header(concord_bus::headers::CONTENT_TYPE))
-            .is_ok_and(|ct| ct == concord_wire::codec::ContentType::Json);
-    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice(&letter.payload) else {
-        return letter.payload.clone();
-    };
-    if !json
-        || body
-            .get("id")
-            .and_then(|id| id.as_str())
-            .is_some_and(|id| !id.is_empty())
-    {
-        return letter.payload.clone();
-    }
-    let Some(msg_id) = header(concord_bus::headers::MSG_ID).filter(|m| !m.trim().is_empty()) else {
-        eprintln!(
-            "note: the submission names no task id (neither in its body nor as Nats-Msg-Id): the dispatcher will run the replay as a new task"
-        );
-        return letter.payload.clone();
-    };
-    let id = derived_id(&Origin {
-        content_type: None,
-        msg_id: Some(msg_id),
-        stream_identity: "",
-        stream_sequence: 0,
-        now_unix_ms: 0,
-    });
-    body.insert("id".into(), id.into());
-    serde_json::to_vec(&body).unwrap_or_else(|_| letter.payload.clone())
+/// One line of `dlq list`.
+fn row(letter: &DeadLetter) -> String {
+    let last_seen = letter
+        .last_seen
+        .as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    format!(
+        "{}  {}  {:<18} {:<20} {}",
+        letter.id, last_seen, letter.reason, letter.source, letter.error
+    )
 }
 
-fn to_json(letter: &DeadLetter) -> serde_json::Value {
-    let payload = match std::str::from_utf8(&letter.payload) {
-        Ok(text) => serde_json::Value::String(text.to_string()),
-        Err(_) => serde_json::Value::String(format!("<{} bytes of binary>", letter.payload.len())),
+/// A dead letter's JSON for people: its wire form, with the payload as text
+/// when it is UTF-8 (the wire form has it in base64).
+fn to_json(letter: &DeadLetter) -> anyhow::Result<serde_json::Value> {
+    let mut json: serde_json::Value = serde_json::from_str(&crate::json::compact(letter)?)?;
+    json["payload"] = match std::str::from_utf8(&letter.payload) {
+        Ok(text) => text.into(),
+        Err(_) => format!("<{} bytes of binary>", letter.payload.len()).into(),
     };
-    serde_json::json!({
-        "id": letter.id,
-        "subject": letter.subject,
-        "headers": letter.headers,
-        "payload": payload,
-        "reason": letter.reason,
-        "error": letter.error,
-        "attempts": letter.attempts,
-        "source": letter.source,
-        "history": letter.history,
-        "firstSeen": letter.first_seen,
-        "lastSeen": letter.last_seen,
-        "replayedAt": letter.replayed_at,
-        "replayCount": letter.replay_count,
-    })
+    Ok(json)
 }

@@ -72,7 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => tasks::submit(&connect(&cli.nats).await?, args).await,
         Command::Task(command) => tasks::run(&connect(&cli.nats).await?, command).await,
         Command::Events(command) => events::run(&cli.nats, &cli.database, command).await,
-        Command::Dlq(command) => dlq::run(&cli.nats, &cli.database, command).await,
+        Command::Dlq(command) => dlq::run(&connect(&cli.nats).await?, command).await,
     }
 }
 

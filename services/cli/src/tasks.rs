@@ -273,7 +273,7 @@ pub async fn submit(bus: &Bus, args: SubmitArgs) -> anyhow::Result<ExitCode> {
 
 /// An error reply as `CODE: message` (`DEAD_LETTERED: task ... was
 /// dead-lettered: ...`), the code without its `ERROR_CODE_` prefix.
-fn failed(error: ServiceError) -> anyhow::Error {
+pub(crate) fn failed(error: ServiceError) -> anyhow::Error {
     let code = error.code.as_str_name();
     let code = code.strip_prefix("ERROR_CODE_").unwrap_or(code);
     let hint = if error.code == ErrorCode::Unavailable

@@ -1,5 +1,6 @@
 //! `concord submit`, `task get|cancel|watch`, `events replay --project tasks`
-//! and `dlq replay` of a dead-lettered task, against a real registry and
+//! and `dlq list|show|replay|purge` (through the dispatcher's
+//! `deadletters.*` requests), against a real registry and
 //! dispatcher (in-process, real NATS and Postgres) with SDK agents.
 
 use std::process::{Output, Stdio};
@@ -7,9 +8,10 @@ use std::time::Duration;
 
 use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
 use concord_echo_agent::EchoAgent;
-use concord_store::{DeadLetterFilter, DeadLetterStore};
+use concord_store::{DeadLetterFilter, DeadLetterStore, NewDeadLetter};
 use concord_tests::stack::{Stack, test_config};
 use concord_wire::v1::TaskStatus;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -486,5 +488,112 @@ async fn dlq_replay_reopens_a_dead_lettered_task() {
         .await
         .unwrap();
     assert!(replayed.iter().all(|l| l.replay_count == 1), "{replayed:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_lists_shows_replays_and_purges_through_the_dispatcher() {
+    let stack = Stack::start(test_config()).await;
+    let store = DeadLetterStore::new(stack.world.db.pool().clone());
+    // A subject nobody serves, so the replay is only what the test receives.
+    let subject = format!("{}.custom.intake", stack.world.root);
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        store
+            .put(&NewDeadLetter {
+                id: *id,
+                subject: subject.clone(),
+                headers: [
+                    ("Content-Type".to_string(), "application/json".to_string()),
+                    ("Nats-Msg-Id".to_string(), format!("m-{n}")),
+                ]
+                .into(),
+                payload: format!(r#"{{"bad":{n}}}"#).into_bytes(),
+                reason: if n == 2 { "other" } else { "invalid_input" }.into(),
+                error: "bad: unknown field".into(),
+                attempts: 1,
+                source: "concord-registry".into(),
+                history: json!([{"attempt": 1}]),
+            })
+            .await
+            .unwrap();
+    }
+
+    let list = stack.ok(&["dlq", "list"]).await;
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(
+        ids.iter().all(|id| list.contains(&id.to_string())),
+        "{list}"
+    );
+    // Pages of one: the CLI follows `next` until it has `--limit`.
+    let two = stack.ok(&["dlq", "list", "--limit", "2", "--json"]).await;
+    let two: Vec<Value> = two
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(two.len(), 2);
+    let only = stack
+        .ok(&["dlq", "list", "--reason", "other", "--json"])
+        .await;
+    let only: Value = serde_json::from_str(only.trim()).unwrap();
+    assert_eq!(only["id"], ids[2].to_string());
+
+    let shown: Value =
+        serde_json::from_str(&stack.ok(&["dlq", "show", &ids[0].to_string()]).await).unwrap();
+    assert_eq!(shown["payload"], r#"{"bad":0}"#);
+    assert_eq!(shown["headers"]["Content-Type"], "application/json");
+    assert_eq!(shown["history"], json!([{"attempt": 1}]));
+    assert_eq!(shown["reason"], "invalid_input");
+
+    let mut replayed = stack
+        .client
+        .client
+        .subscribe(subject.clone())
+        .await
+        .unwrap();
+    stack.client.client.flush().await.unwrap();
+    let out = stack.ok(&["dlq", "replay", &ids[0].to_string()]).await;
+    assert!(out.contains("replayed") && out.contains(&subject), "{out}");
+    let message = tokio::time::timeout(WAIT, replayed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&message.payload[..], br#"{"bad":0}"#);
+    let headers = message.headers.unwrap();
+    assert_eq!(
+        headers.get("Content-Type").unwrap().as_str(),
+        "application/json"
+    );
+    // The duplicate window must not swallow the replay; the receiver learns
+    // which dead letter it replays.
+    assert!(headers.get("Nats-Msg-Id").is_none());
+    assert_eq!(
+        headers.get("Concord-Replay-Of").unwrap().as_str(),
+        ids[0].to_string()
+    );
+    assert_eq!(store.get(ids[0]).await.unwrap().unwrap().replay_count, 1);
+    let pending = stack.ok(&["dlq", "list", "--pending"]).await;
+    assert_eq!(pending.lines().count(), 2, "{pending}");
+
+    // Unknown ids and bad requests are errors naming what is wrong.
+    let unknown = stack
+        .concord(&["dlq", "show", &uuid::Uuid::nil().to_string()])
+        .await;
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("NOT_FOUND") && stderr.contains("no dead letter"),
+        "{stderr}"
+    );
+    let nothing = stack.concord(&["dlq", "purge"]).await;
+    assert!(!nothing.status.success());
+
+    let purge = stack.ok(&["dlq", "purge", &ids[0].to_string()]).await;
+    assert!(purge.contains("purged 1"), "{purge}");
+    let purge = stack
+        .ok(&["dlq", "purge", "--all", "--reason", "other"])
+        .await;
+    assert!(purge.contains("purged 1"), "{purge}");
+    assert_eq!(store.count().await.unwrap(), 1);
     stack.stop().await;
 }

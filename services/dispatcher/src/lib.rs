@@ -223,6 +223,19 @@ pub async fn build_with(
     service
         .serve("tasks", "cancel", &dispatcher, handlers::cancel::handle)
         .await?;
+    use handlers::deadletters as dl;
+    service
+        .serve("deadletters", "list", &dispatcher, dl::list::handle)
+        .await?;
+    service
+        .serve("deadletters", "get", &dispatcher, dl::get::handle)
+        .await?;
+    service
+        .serve("deadletters", "replay", &dispatcher, dl::replay::handle)
+        .await?;
+    service
+        .serve("deadletters", "purge", &dispatcher, dl::purge::handle)
+        .await?;
     Ok((service, dispatcher))
 }
 

@@ -29,6 +29,12 @@ use crate::background::{Background, for_each_until};
 /// How long [`Service::watch_directory`] waits for the first full copy.
 const DIRECTORY_LOAD: Duration = Duration::from_secs(10);
 
+/// The name of the endpoint serving `<group>.<name>`: unique within the
+/// service, as its subject is (`$SRV` names allow no dots).
+fn endpoint_name(group: &str, name: &str) -> String {
+    format!("{group}_{name}")
+}
+
 /// A service's endpoints and context, run until the shutdown token trips.
 pub struct Service {
     context: ServiceContext,
@@ -60,11 +66,13 @@ impl Service {
     }
 
     /// Serves `<root>.<group>.<name>` (queue group `q`, shared by replicas)
-    /// with `handler(app, request)`, one trace span per request.
+    /// with `handler(app, request)`, one trace span per request. The
+    /// endpoint is named `<group>_<name>` in `$SRV.INFO`/`$SRV.STATS` and in
+    /// the request metrics' `endpoint` label.
     pub async fn serve<A, F, Fut>(
         &self,
         group: &str,
-        name: &'static str,
+        name: &str,
         app: &A,
         handler: F,
     ) -> anyhow::Result<()>
@@ -76,7 +84,9 @@ impl Service {
         let subject = self.context.bus.subjects.endpoint(group, name);
         let app = app.clone();
         self.host
-            .endpoint(name, subject, move |request| handler(app.clone(), request))
+            .endpoint(&endpoint_name(group, name), subject, move |request| {
+                handler(app.clone(), request)
+            })
             .await?;
         Ok(())
     }
@@ -86,7 +96,7 @@ impl Service {
     pub async fn serve_untraced<A, F, Fut>(
         &self,
         group: &str,
-        name: &'static str,
+        name: &str,
         app: &A,
         handler: F,
     ) -> anyhow::Result<()>
@@ -98,7 +108,9 @@ impl Service {
         let subject = self.context.bus.subjects.endpoint(group, name);
         let app = app.clone();
         self.host
-            .endpoint_untraced(name, subject, move |request| handler(app.clone(), request))
+            .endpoint_untraced(&endpoint_name(group, name), subject, move |request| {
+                handler(app.clone(), request)
+            })
             .await?;
         Ok(())
     }

@@ -78,6 +78,13 @@ fn every_message_round_trips_in_both_encodings() {
 
     checked.round_trip(fixtures::event());
     checked.round_trip(fixtures::dead_letter());
+    checked.round_trip(fixtures::list_dead_letters());
+    checked.round_trip(fixtures::dead_letter_list());
+    checked.round_trip(fixtures::get_dead_letter());
+    checked.round_trip(fixtures::replay_dead_letter());
+    checked.round_trip(fixtures::replayed_dead_letter());
+    checked.round_trip(fixtures::purge_dead_letters());
+    checked.round_trip(fixtures::purged_dead_letters());
 
     let all: BTreeSet<String> = ALL_MESSAGES.iter().map(|s| (*s).to_owned()).collect();
     let missing: Vec<_> = all.difference(&checked.0).collect();

@@ -3,9 +3,11 @@
 //!
 //! - `<root>.tasks.run`: `Task` → `TaskResult` once the task is final ([`run`]);
 //! - `<root>.tasks.get`: `GetTask` → `TaskResult`, with `history` on request ([`get`]);
-//! - `<root>.tasks.cancel`: `CancelTask` → `TaskResult` after the cancellation ([`cancel`]).
+//! - `<root>.tasks.cancel`: `CancelTask` → `TaskResult` after the cancellation ([`cancel`]);
+//! - `<root>.deadletters.list|get|replay|purge` ([`deadletters`]).
 
 pub mod cancel;
+pub mod deadletters;
 pub mod get;
 pub mod run;
 
