@@ -8,8 +8,8 @@ use anyhow::Context;
 use concord_bus::service::read_reply;
 use concord_bus::validate::is_token;
 use concord_bus::{Bus, ServiceError, headers};
-use concord_dispatcher::task_spec::{MAX_PRIORITY, normalize_priority_names, priority_from_name};
 use concord_wire::codec::{self, ContentType};
+use concord_wire::priority::{self, MAX as MAX_PRIORITY};
 use concord_wire::v1::{
     CancelTask, ErrorCode, GetTask, RoutingStrategy, Task, TaskResult, TaskStatus,
 };
@@ -130,7 +130,7 @@ fn parse_json(value: &str) -> Result<Value, String> {
 fn parse_priority(value: &str) -> Result<u32, String> {
     let priority = match value.parse::<u32>() {
         Ok(number) => Some(number),
-        Err(_) => priority_from_name(value),
+        Err(_) => priority::from_name(value),
     };
     priority.filter(|p| *p <= MAX_PRIORITY).ok_or_else(|| {
         format!("use a number from 0 to {MAX_PRIORITY} or LOW, NORMAL, HIGH, CRITICAL")
@@ -198,7 +198,8 @@ fn build_task(args: SubmitArgs) -> anyhow::Result<Task> {
         }
     }
     let mut body = Value::Object(body);
-    normalize_priority_names(&mut body).map_err(|e| anyhow::anyhow!("invalid task: {e}"))?;
+    priority::normalize_names(&mut body)
+        .map_err(|e| anyhow::anyhow!("invalid task: `priority` {e}"))?;
     let bytes = serde_json::to_vec(&body)?;
     let mut task: Task = codec::decode(ContentType::Json, &bytes)
         .map_err(|e| anyhow::anyhow!("invalid task: {e}"))?;
@@ -356,7 +357,7 @@ pub async fn run(bus: &Bus, command: TaskCommand) -> anyhow::Result<ExitCode> {
                 && result
                     .error
                     .as_ref()
-                    .is_some_and(|e| e.code == concord_dispatcher::handlers::cancel::CANCEL_QUEUED);
+                    .is_some_and(|e| e.code == concord_wire::codes::CANCEL_QUEUED);
             if queued {
                 eprintln!(
                     "note: task {id} still waits in the intake stream; it is cancelled when a dispatcher takes it (follow it with `concord task watch {id}`)"

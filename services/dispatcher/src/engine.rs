@@ -50,9 +50,6 @@ use crate::writer::{WriteRequest, Written};
 
 pub use intake::Intake;
 
-/// Header `concord dlq replay` sets: the dead letter a submission replays.
-pub const REPLAY_OF_HEADER: &str = "Concord-Replay-Of";
-
 /// How often agents that left the directory are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 

@@ -33,6 +33,7 @@ pub mod known_ids;
 pub mod metrics;
 pub mod performance;
 pub mod projection;
+pub mod projection_tool;
 pub mod results;
 pub mod routing;
 pub mod store;

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use concord_store::EventData;
-use concord_wire::codec::{self, ContentType};
+
 use concord_wire::v1::{AgentOutput, Task, TaskError, TaskResult, TaskStatus};
 use serde_json::{Value, json};
 
@@ -18,16 +18,11 @@ pub const AGGREGATE: &str = "task";
 /// Type of the first event of every task.
 pub const SUBMITTED: &str = "task.submitted";
 
-/// Why a task went to the dead-letter store.
+/// Why a task went to the dead-letter store (the contract's codes).
 pub mod reason {
-    /// No capable, eligible agent appeared within the wait.
-    pub const NO_ELIGIBLE_AGENT: &str = "no_eligible_agent";
-    /// Every attempt failed.
-    pub const MAX_ATTEMPTS: &str = "max_attempts";
-    /// An agent reported an error that another attempt would repeat.
-    pub const TASK_FAILED: &str = "task_failed";
-    /// The deadline passed before the task could complete.
-    pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+    pub use concord_wire::codes::{
+        DEADLINE_EXCEEDED, MAX_ATTEMPTS, NO_ELIGIBLE_AGENT, TASK_FAILED,
+    };
 }
 
 /// One transition of a task.
@@ -447,54 +442,9 @@ fn serialized<T: serde::Serialize>(data: &T) -> EventData {
     EventData::of(data).expect("task event data always serializes")
 }
 
-/// A wire message's canonical JSON as text.
-pub fn wire_text<M: codec::WireMessage>(message: &M) -> String {
-    let bytes = codec::encode(ContentType::Json, message).expect("wire messages encode as JSON");
-    String::from_utf8(bytes).expect("the codec writes UTF-8 JSON")
-}
-
-/// The canonical JSON of a wire message as a `serde_json::Value`, with whole
-/// numbers as integers (the codec's rule).
-pub fn wire_json<M: codec::WireMessage>(message: &M) -> Value {
-    let bytes = codec::encode(ContentType::Json, message).expect("wire messages encode as JSON");
-    serde_json::from_slice(&bytes).expect("the codec writes valid JSON")
-}
-
-/// A wire message from its canonical JSON.
-pub fn from_wire_json<M: codec::WireMessage>(value: &Value) -> Result<M, String> {
-    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-    codec::decode(ContentType::Json, &bytes).map_err(|e| e.to_string())
-}
-
-/// A JSON value as a `google.protobuf.Value`.
-pub fn to_wire_value(value: Value) -> concord_wire::pbjson_types::Value {
-    serde_json::from_value(value).expect("every JSON value is a protobuf Value")
-}
-
-/// A protobuf `Value` as JSON, integers kept whole.
-pub fn from_wire_value(value: &concord_wire::pbjson_types::Value) -> Value {
-    let text = serde_json::to_string(value).expect("protobuf values serialize");
-    let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
-    integers(parsed)
-}
-
-/// Rewrites floats with no fraction (as protobuf `Value` numbers come back)
-/// into integers, so `1` stays `1` and not `1.0`.
-fn integers(value: Value) -> Value {
-    match value {
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
-                Value::from(f as i64)
-            }
-            _ => Value::Number(n),
-        },
-        Value::Array(items) => Value::Array(items.into_iter().map(integers).collect()),
-        Value::Object(map) => {
-            Value::Object(map.into_iter().map(|(k, v)| (k, integers(v))).collect())
-        }
-        other => other,
-    }
-}
+pub use concord_wire::json::{
+    from_wire_json, from_wire_value, to_wire_value, wire_json, wire_text,
+};
 
 /// A protobuf timestamp for a time.
 pub fn timestamp(at: DateTime<Utc>) -> concord_wire::pbjson_types::Timestamp {

@@ -6,12 +6,8 @@ use concord_bus::{Bus, headers};
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::TaskResult;
 
-/// Header on a result published again (a replayed submission of a task that
-/// was already final).
-pub const REPLAYED_HEADER: &str = "Concord-Replayed";
-
 /// Publishes a final result on `<root>.tasks.result.<id>`; `replayed`
-/// marks a re-publication (header [`REPLAYED_HEADER`]).
+/// marks a re-publication (header `Concord-Replayed`).
 pub(crate) async fn publish(bus: &Bus, result: &TaskResult, replayed: bool) {
     let payload = codec::encode(ContentType::Json, result).expect("results encode");
     publish_json(bus, &result.task_id, payload.into(), replayed).await;
@@ -22,7 +18,7 @@ pub(crate) async fn publish_json(bus: &Bus, task_id: &str, payload: bytes::Bytes
     let mut headers = HeaderMap::new();
     headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
     if replayed {
-        headers.insert(REPLAYED_HEADER, "true");
+        headers.insert(headers::REPLAYED, "true");
     }
     if let Err(error) = bus
         .client

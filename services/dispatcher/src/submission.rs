@@ -8,14 +8,10 @@
 //! (after a crash) gets the same id and is recognised as the same task.
 
 use concord_bus::ServiceError;
-use concord_bus::validate::is_token;
 use concord_wire::codec::{self, CodecError, ContentType};
 use concord_wire::v1::Task;
 
 use crate::task_spec::{Intake, TaskLimits, TaskSpec, normalize_priority_names, validate_task};
-
-/// Namespace of the ids Concord derives with UUID v5 (a fixed random UUID).
-const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f0c_2a4e_91d3_4b7a_8c55_3e1f_7a90_d2b4);
 
 /// Where a submission came from.
 #[derive(Debug, Clone, Copy)]
@@ -66,25 +62,20 @@ fn decode(content_type: ContentType, body: &[u8]) -> Result<Task, ServiceError> 
     }
 }
 
-/// The id of a task whose body has none.
+/// The id of a task whose body has none (see [`concord_wire::ids`]).
 pub fn derived_id(origin: &Origin<'_>) -> String {
-    match origin.msg_id.map(str::trim).filter(|id| !id.is_empty()) {
-        Some(msg_id) if is_token(msg_id) && msg_id.len() <= 128 => msg_id.to_string(),
-        Some(msg_id) => uuid::Uuid::new_v5(&ID_NAMESPACE, msg_id.as_bytes())
-            .simple()
-            .to_string(),
-        None => {
-            let name = format!("{}:{}", origin.stream_identity, origin.stream_sequence);
-            uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
-                .simple()
-                .to_string()
-        }
-    }
+    origin
+        .msg_id
+        .and_then(concord_wire::ids::task_id_from_msg_id)
+        .unwrap_or_else(|| {
+            concord_wire::ids::task_id_from_position(origin.stream_identity, origin.stream_sequence)
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use concord_bus::validate::is_token;
     use concord_wire::v1::ErrorCode;
 
     fn origin<'a>(msg_id: Option<&'a str>, sequence: u64) -> Origin<'a> {

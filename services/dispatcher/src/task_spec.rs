@@ -44,65 +44,22 @@ use concord_bus::validate::{LabelLimits, check_labels, check_text, check_token, 
 use concord_wire::pbjson_types::{Timestamp, Value};
 use concord_wire::v1::{ErrorCode, RoutingStrategy, Task};
 
-/// Priority of `"LOW"`.
-pub const PRIORITY_LOW: u32 = 2;
-/// Priority of `"NORMAL"`.
-pub const PRIORITY_NORMAL: u32 = 5;
-/// Priority of `"HIGH"`.
-pub const PRIORITY_HIGH: u32 = 8;
-/// Priority of `"CRITICAL"`, the highest.
-pub const PRIORITY_CRITICAL: u32 = 10;
-/// Highest priority a task may have.
-pub const MAX_PRIORITY: u32 = PRIORITY_CRITICAL;
+pub use concord_wire::priority::{
+    CRITICAL as PRIORITY_CRITICAL, HIGH as PRIORITY_HIGH, LOW as PRIORITY_LOW, MAX as MAX_PRIORITY,
+    NORMAL as PRIORITY_NORMAL, from_name as priority_from_name,
+};
 
 /// Longest agent id in `targets`; agent ids are registered with this limit.
 const MAX_AGENT_ID_CHARS: usize = 64;
 /// Longest capability name; capabilities are registered with this limit.
 const MAX_CAPABILITY_CHARS: usize = 64;
 
-/// The number for a priority name (`LOW`, `NORMAL`, `HIGH`, `CRITICAL`,
-/// any case), or `None`.
-pub fn priority_from_name(name: &str) -> Option<u32> {
-    [
-        ("LOW", PRIORITY_LOW),
-        ("NORMAL", PRIORITY_NORMAL),
-        ("HIGH", PRIORITY_HIGH),
-        ("CRITICAL", PRIORITY_CRITICAL),
-    ]
-    .into_iter()
-    .find(|(known, _)| known.eq_ignore_ascii_case(name))
-    .map(|(_, priority)| priority)
-}
-
 /// Rewrites a priority name in a JSON task (`"priority": "high"`) as its
-/// number (`"priority": 8`), so the JSON decodes into the `uint32` field.
-///
-/// Call it on the parsed JSON before decoding it as a [`Task`]. Numbers,
-/// numeric strings (proto3 JSON allows `"8"`), `null`, a missing field and a
-/// non-object document are left for the decoder to judge. Any other string
-/// fails, naming `priority`.
+/// number; any other string fails naming `priority` (see
+/// [`concord_wire::priority::normalize_names`]).
 pub fn normalize_priority_names(json: &mut serde_json::Value) -> Result<(), ServiceError> {
-    let Some(priority) = json.get_mut("priority") else {
-        return Ok(());
-    };
-    let serde_json::Value::String(text) = priority else {
-        return Ok(());
-    };
-    if let Some(number) = priority_from_name(text) {
-        *priority = number.into();
-        return Ok(());
-    }
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(());
-    }
-    let shown: String = text.chars().take(32).collect();
-    let ellipsis = if shown.len() < text.len() { "..." } else { "" };
-    Err(ServiceError::invalid(
-        "priority",
-        format!(
-            "must be a number from 0 to {MAX_PRIORITY} or one of LOW, NORMAL, HIGH, CRITICAL, got {shown:?}{ellipsis}"
-        ),
-    ))
+    concord_wire::priority::normalize_names(json)
+        .map_err(|message| ServiceError::invalid("priority", message))
 }
 
 /// Defaults and limits applied by [`validate_task`]; part of the

@@ -4,21 +4,13 @@ use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// De-duplication id of a JetStream publish; Concord also uses it as the task id
-/// when a submission has none.
-pub const MSG_ID: &str = "Nats-Msg-Id";
-/// `application/json` (default) or `application/protobuf`.
-pub const CONTENT_TYPE: &str = "Content-Type";
-/// W3C trace context.
-pub const TRACEPARENT: &str = "traceparent";
-/// W3C vendor trace state.
-pub const TRACESTATE: &str = "tracestate";
+pub use concord_wire::headers::{
+    CONTENT_TYPE, ERROR_CODE, MSG_ID, REPLAY_OF, REPLAYED, TRACEPARENT, TRACESTATE,
+};
 /// Set on error replies: a short human-readable description (NATS service API).
 pub const SERVICE_ERROR: &str = async_nats::service::NATS_SERVICE_ERROR;
 /// Set on error replies: the numeric status (NATS service API).
 pub const SERVICE_ERROR_CODE: &str = async_nats::service::NATS_SERVICE_ERROR_CODE;
-/// Set on error replies: Concord's stable error code name, e.g. `INVALID_ARGUMENT`.
-pub const ERROR_CODE: &str = "Concord-Error-Code";
 
 struct HeaderInjector<'a>(&'a mut HeaderMap);
 

@@ -5,13 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::ServiceError;
 
-/// Whether `s` can be one NATS subject token as Concord uses ids and names:
-/// at least one ASCII letter, digit, `-` or `_`, nothing else.
-pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+/// Whether a value is one subject token (ASCII letters, digits, `-`, `_`).
+pub use concord_wire::ids::is_token;
 
 /// A non-empty subject token of at most `max_chars`.
 pub fn check_token(field: &str, value: &str, max_chars: usize) -> Result<(), ServiceError> {

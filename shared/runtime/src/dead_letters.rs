@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::EventPublisher;
 
 /// Reason recorded for requests refused because of their content.
-pub const REASON_INVALID_INPUT: &str = "invalid_input";
+pub const REASON_INVALID_INPUT: &str = concord_wire::codes::INVALID_INPUT;
 /// Reason recorded for requests refused for their signature (`PERMISSION_DENIED`).
-pub const REASON_PERMISSION_DENIED: &str = "permission_denied";
+pub const REASON_PERMISSION_DENIED: &str = concord_wire::codes::PERMISSION_DENIED;
 
 /// How long [`DeadLetterKeeper::keep_retrying`] waits between tries.
 const RETRY_EVERY: Duration = Duration::from_secs(1);

@@ -1,11 +1,21 @@
-//! Concord's wire schema (generated from `proto/`) and the JSON/protobuf codec.
+//! Concord's public contract: the wire schema (generated from `proto/`), the
+//! JSON/protobuf codec, and what services, the CLI and agents must agree on
+//! beyond the messages: header names ([`headers`]), derived ids ([`ids`]),
+//! task error codes and dead-letter reasons ([`codes`]), priority names
+//! ([`priority`]), JSON values of messages ([`json`]). Subjects are built by
+//! `concord_bus::Subjects`.
 //!
 //! The message types live in [`v1`]; every one of them is a [`prost::Message`]
 //! and has serde impls following the canonical proto3 JSON mapping, so
 //! [`codec::decode`] and [`codec::encode`] handle both encodings.
 
 pub mod codec;
+pub mod codes;
 mod error_code;
+pub mod headers;
+pub mod ids;
+pub mod json;
+pub mod priority;
 
 pub use codec::{CodecError, ContentType, EncodeError, WireMessage, decode, encode};
 /// The well-known types used by [`v1`], re-exported so users need no version-matched dependency.

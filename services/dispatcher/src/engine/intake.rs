@@ -9,7 +9,7 @@ use concord_bus::headers;
 use concord_bus::service::header_map;
 use concord_store::NewDeadLetter;
 
-use super::{Engine, Held, Phase, REPLAY_OF_HEADER};
+use super::{Engine, Held, Phase};
 use crate::projection::{Finality, TaskEvent, TaskView};
 use crate::submission::{self, Origin};
 use crate::task_spec::TaskSpec;
@@ -63,7 +63,7 @@ impl Engine {
                     continue;
                 }
             };
-            let replay_of = header(REPLAY_OF_HEADER).map(str::to_string);
+            let replay_of = header(headers::REPLAY_OF).map(str::to_string);
             if let Some(held) = self.tasks.get_mut(&spec.id) {
                 let held_sequence = held.message.info().map(|i| i.stream_sequence).ok();
                 if held_sequence == Some(sequence) {

@@ -23,10 +23,6 @@ use crate::store::TaskWrite;
 /// How long `tasks.cancel` waits for the replica holding the task.
 const HOLDER_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// Error code of the reply to a cancellation queued for a submission still
-/// waiting in the intake stream.
-pub const CANCEL_QUEUED: &str = "cancel_queued";
-
 /// `tasks.cancel`.
 pub async fn handle(dispatcher: Dispatcher, request: Request) -> Result<Reply, ServiceError> {
     let cancel: CancelTask = request.decode()?;
@@ -138,7 +134,7 @@ async fn queue_cancellation(
                 cancel.task_id
             ),
             retryable: false,
-            code: CANCEL_QUEUED.to_string(),
+            code: concord_wire::codes::CANCEL_QUEUED.to_string(),
         }),
         ..TaskResult::default()
     })

@@ -16,7 +16,6 @@ use concord_wire::v1::{ReplayDeadLetter, ReplayedDeadLetter};
 
 use super::{not_found, parse_id, unavailable};
 use crate::app::Dispatcher;
-use crate::engine::REPLAY_OF_HEADER;
 use crate::submission::{Origin, derived_id};
 
 pub async fn handle(dispatcher: Dispatcher, request: Request) -> Result<Reply, ServiceError> {
@@ -30,13 +29,14 @@ pub async fn handle(dispatcher: Dispatcher, request: Request) -> Result<Reply, S
         .ok_or_else(|| not_found(id))?;
     let mut replay_headers = async_nats::HeaderMap::new();
     for (name, value) in &letter.headers {
-        if name.eq_ignore_ascii_case(headers::MSG_ID) || name.eq_ignore_ascii_case(REPLAY_OF_HEADER)
+        if name.eq_ignore_ascii_case(headers::MSG_ID)
+            || name.eq_ignore_ascii_case(headers::REPLAY_OF)
         {
             continue;
         }
         replay_headers.insert(name.as_str(), value.as_str());
     }
-    replay_headers.insert(REPLAY_OF_HEADER, id.to_string().as_str());
+    replay_headers.insert(headers::REPLAY_OF, id.to_string().as_str());
     let mut replayed = ReplayedDeadLetter {
         id: id.to_string(),
         subject: letter.subject.clone(),
