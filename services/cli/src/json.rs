@@ -2,7 +2,6 @@
 //! codec: whole numbers without `.0`), pretty or compact.
 
 use concord_wire::codec::{self, ContentType, WireMessage};
-use serde_json::ser::{Formatter, PrettyFormatter};
 
 /// The message as the codec encodes it, on one line.
 pub fn compact<M: WireMessage>(message: &M) -> anyhow::Result<String> {
@@ -13,96 +12,9 @@ pub fn compact<M: WireMessage>(message: &M) -> anyhow::Result<String> {
 
 /// The message as the codec encodes it, indented (fields in schema order).
 pub fn pretty<M: WireMessage>(message: &M) -> anyhow::Result<String> {
-    let mut out = Vec::new();
-    let mut serializer =
-        serde_json::Serializer::with_formatter(&mut out, PrettyWholeNumbers::default());
-    message
-        .serialize(&mut serializer)
+    let bytes = codec::encode_json_pretty(message)
         .map_err(|e| anyhow::anyhow!("cannot encode the reply as JSON: {e}"))?;
-    Ok(String::from_utf8(out)?)
-}
-
-/// Largest integer a double holds exactly (2^53).
-const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
-
-/// serde_json's pretty layout, with whole doubles written as integers like
-/// the codec does (`google.protobuf.Value` holds every number as a double).
-#[derive(Default)]
-struct PrettyWholeNumbers(PrettyFormatter<'static>);
-
-impl Formatter for PrettyWholeNumbers {
-    fn write_f64<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        value: f64,
-    ) -> std::io::Result<()> {
-        if value.fract() == 0.0 && value.abs() <= MAX_EXACT_INTEGER {
-            self.0.write_i64(writer, value as i64)
-        } else {
-            self.0.write_f64(writer, value)
-        }
-    }
-
-    fn write_f32<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        value: f32,
-    ) -> std::io::Result<()> {
-        self.write_f64(writer, f64::from(value))
-    }
-
-    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.0.begin_array(writer)
-    }
-
-    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.0.end_array(writer)
-    }
-
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        self.0.begin_array_value(writer, first)
-    }
-
-    fn end_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-    ) -> std::io::Result<()> {
-        self.0.end_array_value(writer)
-    }
-
-    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.0.begin_object(writer)
-    }
-
-    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.0.end_object(writer)
-    }
-
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        self.0.begin_object_key(writer, first)
-    }
-
-    fn begin_object_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-    ) -> std::io::Result<()> {
-        self.0.begin_object_value(writer)
-    }
-
-    fn end_object_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-    ) -> std::io::Result<()> {
-        self.0.end_object_value(writer)
-    }
+    Ok(String::from_utf8(bytes)?)
 }
 
 #[cfg(test)]

@@ -112,8 +112,9 @@ pub struct TelemetryArgs {
     #[arg(long = "metrics-addr", env = "CONCORD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
-    /// OTLP/HTTP endpoint for traces (e.g. http://127.0.0.1:4318); tracing export
-    /// is off when unset. The standard OpenTelemetry variable is honoured.
+    /// OTLP/HTTP endpoint for traces (e.g. http://127.0.0.1:4318, or https:// for
+    /// TLS); tracing export is off when unset. The standard OpenTelemetry
+    /// variable is honoured.
     #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 }

@@ -2,8 +2,8 @@
 //!
 //! [`init`] installs one `tracing` subscriber that writes human-readable or
 //! JSON logs and, through `tracing-opentelemetry`, gives every span a W3C trace
-//! context (exported over OTLP/HTTP when an endpoint is configured). The
-//! [`metrics`] module serves a Prometheus `/metrics` endpoint.
+//! context (exported over OTLP/HTTP, or HTTPS, when an endpoint is configured).
+//! The [`metrics`] module serves a Prometheus `/metrics` endpoint.
 
 pub mod metrics;
 mod tracing_setup;

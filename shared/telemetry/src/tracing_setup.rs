@@ -20,7 +20,8 @@ pub struct TelemetryConfig {
     pub json_logs: bool,
     /// `tracing` env-filter directives, e.g. `info,concord_bus=debug`.
     pub log_filter: String,
-    /// OTLP/HTTP base endpoint (`http://host:4318`); export is off when `None`.
+    /// OTLP/HTTP base endpoint (`http://host:4318`, or `https://` for TLS,
+    /// verified against the system's CA certificates); export is off when `None`.
     pub otlp_endpoint: Option<String>,
 }
 
@@ -93,6 +94,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = config.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         use opentelemetry_otlp::WithExportConfig;
+        install_crypto_provider();
         let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -129,6 +131,15 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
+}
+
+/// Makes ring the process's rustls crypto provider. The exporter's HTTP
+/// client (reqwest) is built without one of its own, whose default would
+/// bring aws-lc, and panics when none is installed, for `http://` endpoints too.
+fn install_crypto_provider() {
+    // An error means a provider is installed already, by an earlier init or
+    // by the application: that one serves as well.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The W3C trace id of the current span, if it has a valid one.

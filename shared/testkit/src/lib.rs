@@ -21,6 +21,7 @@ mod nats;
 mod nats_proxy;
 mod postgres;
 mod process;
+mod server;
 
 pub use database::{DEFAULT_TEST_DATABASE_URL, TestDatabase, with_database};
 pub use nats::NatsServer;

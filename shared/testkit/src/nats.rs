@@ -1,22 +1,20 @@
 //! A real `nats-server -js` on a random loopback port with a temporary store, killed on drop.
 
-use std::fs::{File, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use tempfile::TempDir;
+
+use crate::process::{open_log, tail};
+use crate::server::{ServerDir, StartError, start_again_on, start_on_a_free_port};
 
 /// How long a start may take before we give up (JetStream recovery included).
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Polling interval while waiting for the server.
 const POLL: Duration = Duration::from_millis(10);
-
-/// Fresh ports tried when the chosen one is taken before the server binds it.
-const PORT_ATTEMPTS: usize = 5;
 
 /// A running `nats-server` with JetStream, for one test.
 ///
@@ -29,7 +27,7 @@ const PORT_ATTEMPTS: usize = 5;
 pub struct NatsServer {
     binary: PathBuf,
     port: u16,
-    dir: Option<TempDir>,
+    dir: ServerDir,
     child: Option<Child>,
 }
 
@@ -37,33 +35,19 @@ impl NatsServer {
     /// Starts a server and waits until it accepts clients and JetStream answers.
     pub async fn start() -> anyhow::Result<NatsServer> {
         let binary = nats_server_binary()?;
-        let dir = tempfile::Builder::new()
-            .prefix("concord-nats-")
-            .tempdir()
-            .context("cannot create a temporary directory for nats-server")?;
+        let dir = ServerDir::create("concord-nats-", "nats-server.log", "nats-server")?;
         let mut server = NatsServer {
             binary,
             port: 0,
-            dir: Some(dir),
+            dir,
             child: None,
         };
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            server.port = free_port()?;
-            match server.spawn_and_wait().await {
-                Ok(()) => return Ok(server),
-                // Someone else took the port between our probe and the bind.
-                Err(StartError::PortTaken) => {
-                    last_error = Some(anyhow!("port {} was taken", server.port));
-                }
-                Err(StartError::Other(err)) => return Err(err),
-            }
-        }
-        Err(last_error
-            .unwrap_or_else(|| anyhow!("no attempt made"))
-            .context(format!(
-                "nats-server could not bind a port after {PORT_ATTEMPTS} attempts"
-            )))
+        start_on_a_free_port("nats-server", async |port| {
+            server.port = port;
+            server.spawn_and_wait().await
+        })
+        .await?;
+        Ok(server)
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -78,17 +62,17 @@ impl NatsServer {
 
     /// The JetStream store directory.
     pub fn store_dir(&self) -> PathBuf {
-        self.dir_path().join("jetstream")
+        self.dir.path().join("jetstream")
     }
 
     /// The server's log file (all starts, appended).
     pub fn log_path(&self) -> PathBuf {
-        self.dir_path().join("nats-server.log")
+        self.dir.log_path()
     }
 
     /// The server's log so far, for assertions and failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.dir.log()
     }
 
     /// Connects a client to this server.
@@ -133,24 +117,13 @@ impl NatsServer {
         if self.is_running() {
             return Ok(());
         }
-        // The old process has released the port; a foreign process grabbing
-        // it in between is not worth surviving, but a slow release is.
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match self.spawn_and_wait().await {
-                Ok(()) => return Ok(()),
-                Err(StartError::PortTaken) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(StartError::PortTaken) => {
-                    bail!(
-                        "nats-server cannot bind port {} again: it is in use",
-                        self.port
-                    )
-                }
-                Err(StartError::Other(err)) => return Err(err),
-            }
-        }
+        start_again_on(
+            "nats-server",
+            self.port,
+            Duration::from_millis(50),
+            async || self.spawn_and_wait().await,
+        )
+        .await
     }
 
     /// True while the server process is alive.
@@ -161,17 +134,10 @@ impl NatsServer {
         }
     }
 
-    fn dir_path(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .map(TempDir::path)
-            .expect("the temporary directory lives as long as the server")
-    }
-
     /// Spawns the process on `self.port` and waits until it is ready.
     async fn spawn_and_wait(&mut self) -> Result<(), StartError> {
         let log_path = self.log_path();
-        let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+        let log_start = self.dir.log_len();
         let log = open_log(&log_path)?;
         let log_err = log.try_clone().context("cannot duplicate the log handle")?;
         let child = Command::new(&self.binary)
@@ -191,15 +157,14 @@ impl NatsServer {
             Ok(()) => Ok(()),
             Err(err) => {
                 self.kill();
-                let log = self.log();
-                let this_start = log.get(log_start as usize..).unwrap_or(&log);
+                let this_start = self.dir.log_since(log_start);
                 if this_start.contains("address already in use") {
                     Err(StartError::PortTaken)
                 } else {
                     Err(StartError::Other(err.context(format!(
                         "nats-server did not become ready; its log ({}):\n{}",
                         log_path.display(),
-                        tail(this_start, 20)
+                        tail(&this_start, 20)
                     ))))
                 }
             }
@@ -262,27 +227,7 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking()
-            && let Some(dir) = self.dir.take()
-        {
-            let path = dir.keep();
-            eprintln!(
-                "test nats-server (port {}) data and log kept at {}",
-                self.port,
-                path.display()
-            );
-        }
-    }
-}
-
-enum StartError {
-    PortTaken,
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for StartError {
-    fn from(err: anyhow::Error) -> Self {
-        StartError::Other(err)
+        self.dir.keep_if_panicking("test nats-server", self.port);
     }
 }
 
@@ -321,24 +266,4 @@ fn nats_server_binary() -> anyhow::Result<PathBuf> {
 fn workspace_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     root.canonicalize().unwrap_or(root)
-}
-
-/// A port that was free a moment ago: bind port 0, read it, release it.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("cannot bind 127.0.0.1:0 to find a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn open_log(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -6,7 +6,6 @@
 //! `initdb` into a temporary directory instead and owns the whole cluster.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
@@ -14,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use sqlx::PgPool;
-use tempfile::TempDir;
 
 use crate::process::tail;
+use crate::server::{ServerDir, StartError, start_again_on, start_on_a_free_port};
 
 /// The database created in every cluster and migrated with the project's migrations.
 const DATABASE: &str = "concord";
@@ -39,9 +38,6 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the postmaster's children get to notice its death by themselves
 /// before they are killed too.
 const ORPHAN_GRACE: Duration = Duration::from_secs(3);
-
-/// Fresh ports tried when the chosen one is taken before the server binds it.
-const PORT_ATTEMPTS: usize = 5;
 
 /// Connections in a pool from [`PostgresServer::connect`].
 const POOL_SIZE: u32 = 8;
@@ -77,7 +73,7 @@ pub struct PostgresServer {
     /// Run `initdb` and `pg_ctl` as [`SYSTEM_USER`] through `runuser`.
     as_system_user: bool,
     port: u16,
-    dir: Option<TempDir>,
+    dir: ServerDir,
 }
 
 impl PostgresServer {
@@ -85,10 +81,7 @@ impl PostgresServer {
     pub async fn start() -> anyhow::Result<PostgresServer> {
         let bin_dir = pg_bin_dir()?;
         let as_system_user = running_as_root()?;
-        let dir = tempfile::Builder::new()
-            .prefix("concord-pg-")
-            .tempdir()
-            .context("cannot create a temporary directory for the test Postgres")?;
+        let dir = ServerDir::create("concord-pg-", "postgres.log", "the test Postgres")?;
         if as_system_user {
             let (uid, gid) = system_user_ids()?;
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).with_context(|| {
@@ -102,30 +95,14 @@ impl PostgresServer {
             bin_dir,
             as_system_user,
             port: 0,
-            dir: Some(dir),
+            dir,
         };
         server.initdb().await?;
-
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            server.port = free_port()?;
-            match server.pg_ctl_start().await {
-                Ok(()) => {
-                    last_error = None;
-                    break;
-                }
-                // Someone else took the port between our probe and the bind.
-                Err(StartError::PortTaken) => {
-                    last_error = Some(anyhow!("port {} was taken", server.port));
-                }
-                Err(StartError::Other(err)) => return Err(err),
-            }
-        }
-        if let Some(err) = last_error {
-            return Err(err.context(format!(
-                "the test Postgres could not bind a port after {PORT_ATTEMPTS} attempts"
-            )));
-        }
+        start_on_a_free_port("the test Postgres", async |port| {
+            server.port = port;
+            server.pg_ctl_start().await
+        })
+        .await?;
 
         server.create_database().await?;
         Ok(server)
@@ -144,17 +121,17 @@ impl PostgresServer {
 
     /// The cluster's data directory (inside the temporary directory).
     pub fn data_dir(&self) -> PathBuf {
-        self.dir_path().join("data")
+        self.dir.path().join("data")
     }
 
     /// The server's log file (all starts, appended).
     pub fn log_path(&self) -> PathBuf {
-        self.dir_path().join("postgres.log")
+        self.dir.log_path()
     }
 
     /// The server's log so far, for assertions and failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.dir.log()
     }
 
     /// Connects a new small pool to the migrated database.
@@ -182,7 +159,7 @@ impl PostgresServer {
         if !self.is_running() {
             return self.start_again().await;
         }
-        let log_start = self.log_len();
+        let log_start = self.dir.log_len();
         let mut args = vec![OsString::from("restart"), "-m".into(), "fast".into()];
         args.extend(self.start_args());
         let output = self.run("pg_ctl", args).await?;
@@ -197,7 +174,7 @@ impl PostgresServer {
         if !self.is_running() {
             return Ok(());
         }
-        let log_start = self.log_len();
+        let log_start = self.dir.log_len();
         let output = self.run("pg_ctl", self.stop_args("fast")).await?;
         if !output.status.success() {
             bail!(self.failure("pg_ctl stop", &output, log_start));
@@ -211,24 +188,13 @@ impl PostgresServer {
         if self.is_running() {
             return Ok(());
         }
-        // The old server has released the port; a foreign process grabbing it
-        // in between is not worth surviving, but a slow release is.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match self.pg_ctl_start().await {
-                Ok(()) => return Ok(()),
-                Err(StartError::PortTaken) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(StartError::PortTaken) => {
-                    bail!(
-                        "the test Postgres cannot bind port {} again: it is in use",
-                        self.port
-                    )
-                }
-                Err(StartError::Other(err)) => return Err(err),
-            }
-        }
+        start_again_on(
+            "the test Postgres",
+            self.port,
+            Duration::from_millis(100),
+            async || self.pg_ctl_start().await,
+        )
+        .await
     }
 
     /// Kills the postmaster with SIGKILL, as a crash would, and waits until it
@@ -296,19 +262,8 @@ impl PostgresServer {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
     }
 
-    fn dir_path(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .map(TempDir::path)
-            .expect("the temporary directory lives as long as the server")
-    }
-
     fn socket_dir(&self) -> PathBuf {
-        self.dir_path().join("sock")
-    }
-
-    fn log_len(&self) -> u64 {
-        std::fs::metadata(self.log_path()).map_or(0, |m| m.len())
+        self.dir.path().join("sock")
     }
 
     /// The postmaster's pid from `postmaster.pid`, if the file is there.
@@ -341,7 +296,7 @@ impl PostgresServer {
                 message.push_str(&format!(
                     "\n(initdb runs as the {SYSTEM_USER} user, which must be able to reach {}; \
                      point TMPDIR at a directory it can reach)",
-                    self.dir_path().display()
+                    self.dir.path().display()
                 ));
             }
             bail!(message);
@@ -364,16 +319,18 @@ impl PostgresServer {
 
     /// `pg_ctl start -w` on `self.port`.
     async fn pg_ctl_start(&self) -> Result<(), StartError> {
-        let log_start = self.log_len();
+        let log_start = self.dir.log_len();
         let mut args = vec![OsString::from("start")];
         args.extend(self.start_args());
         let output = self.run("pg_ctl", args).await?;
         if output.status.success() {
             return Ok(());
         }
-        let log = self.log();
-        let this_start = log.get(log_start as usize..).unwrap_or(&log);
-        if this_start.contains("Address already in use") {
+        if self
+            .dir
+            .log_since(log_start)
+            .contains("Address already in use")
+        {
             return Err(StartError::PortTaken);
         }
         Err(StartError::Other(anyhow!(self.failure(
@@ -471,15 +428,14 @@ impl PostgresServer {
 
     /// "`what` failed" with the tool's output and the tail of this start's server log.
     fn failure(&self, what: &str, output: &Output, log_start: u64) -> String {
-        let log = self.log();
-        let since = log.get(log_start as usize..).unwrap_or(&log);
+        let since = self.dir.log_since(log_start);
         format!(
             "{what} failed for the test Postgres on port {} ({}): {}\nits log ({}):\n{}",
             self.port,
             output.status,
             output_text(output).trim(),
             self.log_path().display(),
-            tail(since, LOG_LINES)
+            tail(&since, LOG_LINES)
         )
     }
 }
@@ -490,27 +446,7 @@ impl Drop for PostgresServer {
             // Best effort: the directory goes either way.
             let _ = self.command("pg_ctl", self.stop_args("immediate")).output();
         }
-        if std::thread::panicking()
-            && let Some(dir) = self.dir.take()
-        {
-            let path = dir.keep();
-            eprintln!(
-                "test Postgres (port {}) data and log kept at {}",
-                self.port,
-                path.display()
-            );
-        }
-    }
-}
-
-enum StartError {
-    PortTaken,
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for StartError {
-    fn from(err: anyhow::Error) -> Self {
-        StartError::Other(err)
+        self.dir.keep_if_panicking("test Postgres", self.port);
     }
 }
 
@@ -579,13 +515,6 @@ fn system_user_ids() -> anyhow::Result<(u32, u32)> {
             .with_context(|| format!("unexpected output of `id {flag} {SYSTEM_USER}`"))
     };
     Ok((id("-u")?, id("-g")?))
-}
-
-/// A port that was free a moment ago: bind port 0, read it, release it.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("cannot bind 127.0.0.1:0 to find a free port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// Sends `SIGname` to `pid` with `kill(1)`.

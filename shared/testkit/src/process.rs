@@ -213,7 +213,7 @@ impl Drop for ServiceProcess {
     }
 }
 
-fn open_log(path: &Path) -> anyhow::Result<File> {
+pub(crate) fn open_log(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)

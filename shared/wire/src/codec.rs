@@ -22,8 +22,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::fmt;
+use std::{fmt, io};
 
+use serde_json::ser::{CompactFormatter, Formatter, PrettyFormatter};
 use serde_path_to_error::{Path, Segment};
 
 use crate::v1::{ErrorCode, ErrorReply};
@@ -172,36 +173,81 @@ fn at_field(field: &str) -> String {
 }
 
 /// JSON formatting that writes whole floating-point numbers without a
-/// fractional part (`3`, not `3.0`).
+/// fractional part (`3`, not `3.0`), laid out by `L`: serde_json's
+/// `CompactFormatter` or `PrettyFormatter`.
 ///
 /// `google.protobuf.Value` holds every number as a double, so without this a
 /// payload `{"n":3}` would come back as `{"n":3.0}`: equal as JSON numbers,
 /// but surprising to anyone comparing text. Numbers beyond 2^53 keep the
 /// float form, where the double cannot represent every integer anyway.
-struct WholeNumbers;
+///
+/// Only the layout of arrays and objects is passed on to `L`: that is all
+/// serde_json's two formatters differ in; the rest is the trait's default.
+#[derive(Clone)]
+struct WholeNumbers<L>(L);
 
 const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
 
-impl serde_json::ser::Formatter for WholeNumbers {
-    fn write_f64<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        value: f64,
-    ) -> std::io::Result<()> {
+impl<L: Formatter> Formatter for WholeNumbers<L> {
+    fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
         if value.fract() == 0.0 && value.abs() <= MAX_EXACT_INTEGER {
             // Exact: the value is an integer that an i64 holds without loss.
-            serde_json::ser::CompactFormatter.write_i64(writer, value as i64)
+            self.0.write_i64(writer, value as i64)
         } else {
-            serde_json::ser::CompactFormatter.write_f64(writer, value)
+            self.0.write_f64(writer, value)
         }
     }
 
-    fn write_f32<W: ?Sized + std::io::Write>(
+    fn write_f32<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
+        self.write_f64(writer, f64::from(value))
+    }
+
+    fn begin_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.begin_array(writer)
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_array(writer)
+    }
+
+    fn begin_array_value<W: ?Sized + io::Write>(
         &mut self,
         writer: &mut W,
-        value: f32,
-    ) -> std::io::Result<()> {
-        self.write_f64(writer, f64::from(value))
+        first: bool,
+    ) -> io::Result<()> {
+        self.0.begin_array_value(writer, first)
+    }
+
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_array_value(writer)
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.begin_object(writer)
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_object(writer)
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.0.begin_object_key(writer, first)
+    }
+
+    fn end_object_key<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_object_key(writer)
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.begin_object_value(writer)
+    }
+
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_object_value(writer)
     }
 }
 
@@ -224,24 +270,44 @@ pub fn decode<M: WireMessage>(ct: ContentType, bytes: &[u8]) -> Result<M, CodecE
 pub fn encode<M: WireMessage>(ct: ContentType, msg: &M) -> Result<Vec<u8>, EncodeError> {
     match ct {
         ContentType::Protobuf => Ok(msg.encode_to_vec()),
-        ContentType::Json => {
-            let mut out = Vec::with_capacity(msg.encoded_len() * 2);
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, WholeNumbers);
-            if serde::Serialize::serialize(msg, &mut ser).is_ok() {
-                return Ok(out);
-            }
-            // Rare (a float JSON cannot hold): serialize again, tracking the
-            // path this time, to name the field. Tracking it on every call
-            // would cost a good part of the encoding.
-            out.clear();
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, WholeNumbers);
-            serde_path_to_error::serialize(msg, &mut ser).map_err(|err| EncodeError {
-                field: field_path(err.path()),
-                message: err.inner().to_string(),
-            })?;
-            Ok(out)
-        }
+        ContentType::Json => encode_json(msg, WholeNumbers(CompactFormatter)),
     }
+}
+
+/// Encodes a message as JSON like [`encode`], but indented for people to
+/// read: two spaces a level, fields in schema order.
+///
+/// ```
+/// use concord_wire::{ContentType, codec, decode, v1::Task};
+///
+/// let task: Task = decode(ContentType::Json, br#"{"capability":"echo","payload":{"n":3}}"#)?;
+/// let text = String::from_utf8(codec::encode_json_pretty(&task)?)?;
+/// assert_eq!(text, "{\n  \"capability\": \"echo\",\n  \"payload\": {\n    \"n\": 3\n  }\n}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn encode_json_pretty<M: WireMessage>(msg: &M) -> Result<Vec<u8>, EncodeError> {
+    encode_json(msg, WholeNumbers(PrettyFormatter::new()))
+}
+
+fn encode_json<M: WireMessage, F: Formatter + Clone>(
+    msg: &M,
+    formatter: F,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(msg.encoded_len() * 2);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter.clone());
+    if serde::Serialize::serialize(msg, &mut ser).is_ok() {
+        return Ok(out);
+    }
+    // Rare (a float JSON cannot hold): serialize again, tracking the path
+    // this time, to name the field. Tracking it on every call would cost a
+    // good part of the encoding.
+    out.clear();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde_path_to_error::serialize(msg, &mut ser).map_err(|err| EncodeError {
+        field: field_path(err.path()),
+        message: err.inner().to_string(),
+    })?;
+    Ok(out)
 }
 
 fn decode_json<M: WireMessage>(bytes: &[u8]) -> Result<M, CodecError> {

@@ -511,3 +511,48 @@ fn whole_numbers_in_payloads_are_written_without_a_fraction() {
     let value: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(value["payload"]["n"], 3);
 }
+
+#[test]
+fn pretty_json_is_the_compact_json_indented() {
+    let body = br#"{"capability":"echo","payload":{"n":3,"x":2.5,"big":1e300,"list":[1,[],{},{"s":"a b\n\"c\""}]},"labels":{"k":"v w"}}"#;
+    let task: Task = decode(ContentType::Json, body).unwrap();
+    let compact = String::from_utf8(encode(ContentType::Json, &task).unwrap()).unwrap();
+    let pretty =
+        String::from_utf8(concord_wire::codec::encode_json_pretty(&task).unwrap()).unwrap();
+    assert!(
+        pretty.starts_with("{\n  \"capability\": \"echo\",\n"),
+        "{pretty}"
+    );
+    assert!(pretty.contains("\"n\": 3"), "{pretty}");
+    assert_eq!(without_layout(&pretty), compact);
+}
+
+#[test]
+fn pretty_json_fails_as_compact_json_does() {
+    let nan = Task {
+        payload: Some(pbjson_types::Value {
+            kind: Some(pbjson_types::value::Kind::NumberValue(f64::NAN)),
+        }),
+        ..Task::default()
+    };
+    let err = concord_wire::codec::encode_json_pretty(&nan).unwrap_err();
+    assert_eq!(err, encode(ContentType::Json, &nan).unwrap_err());
+    assert_eq!(err.field, "payload");
+}
+
+/// `json` without the whitespace between its tokens.
+fn without_layout(json: &str) -> String {
+    let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+    for c in json.chars() {
+        if in_string {
+            in_string = escaped || c != '"';
+            escaped = !escaped && c == '\\';
+        } else if c.is_ascii_whitespace() {
+            continue;
+        } else {
+            in_string = c == '"';
+        }
+        out.push(c);
+    }
+    out
+}
