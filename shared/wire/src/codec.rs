@@ -186,11 +186,9 @@ fn at_field(field: &str) -> String {
 #[derive(Clone)]
 struct WholeNumbers<L>(L);
 
-const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
-
 impl<L: Formatter> Formatter for WholeNumbers<L> {
     fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
-        if value.fract() == 0.0 && value.abs() <= MAX_EXACT_INTEGER {
+        if crate::json::is_whole(value) {
             // Exact: the value is an integer that an i64 holds without loss.
             self.0.write_i64(writer, value as i64)
         } else {

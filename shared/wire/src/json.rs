@@ -39,7 +39,8 @@ pub fn from_wire_value(value: &pbjson_types::Value) -> Value {
     integers(parsed)
 }
 
-/// Whether the codec writes `value` as an integer.
+/// Whether the codec writes `value` as an integer: no fraction, and within
+/// 2^53, where a double still holds every integer exactly.
 pub(crate) fn is_whole(value: f64) -> bool {
     value.fract() == 0.0 && value.abs() <= MAX_EXACT_INTEGER
 }
