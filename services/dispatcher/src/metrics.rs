@@ -65,26 +65,68 @@ impl Metrics {
         let stages = Family::<StageLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
         });
+        let counter = |name: &str, help: &str| registry.add(name, help, Counter::default());
+        let gauge = |name: &str, help: &str| registry.add(name, help, Gauge::default());
         let metrics = Self {
-            submitted: Counter::default(),
-            resumed: Counter::default(),
-            rejected: Counter::default(),
-            duplicates: Counter::default(),
-            assigned: Counter::default(),
-            completed: Counter::default(),
-            retried: Counter::default(),
-            dead_lettered: Counter::default(),
-            cancelled: Counter::default(),
-            lease_expired: Counter::default(),
-            stale_replies: Counter::default(),
-            pull_restarts: Counter::default(),
-            heartbeats_refused: Counter::default(),
-            lookups: Counter::default(),
-            lookups_skipped: Counter::default(),
-            known_ids_bytes: Gauge::default(),
-            held: Gauge::default(),
-            queued: Gauge::default(),
-            latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
+            submitted: counter("dispatcher_tasks_submitted", "New tasks accepted"),
+            resumed: counter(
+                "dispatcher_tasks_resumed",
+                "Unfinished tasks taken over after a redelivery",
+            ),
+            rejected: counter(
+                "dispatcher_tasks_rejected",
+                "Invalid submissions dead-lettered",
+            ),
+            duplicates: counter(
+                "dispatcher_tasks_duplicate",
+                "Submissions recognised as a task already known",
+            ),
+            assigned: counter("dispatcher_attempts_started", "Attempts sent to agents"),
+            completed: counter("dispatcher_tasks_completed", "Tasks completed"),
+            retried: counter(
+                "dispatcher_attempts_retried",
+                "Failed attempts scheduled again",
+            ),
+            dead_lettered: counter(
+                "dispatcher_tasks_dead_lettered",
+                "Tasks ended in the dead-letter store",
+            ),
+            cancelled: counter("dispatcher_tasks_cancelled", "Tasks cancelled on request"),
+            lease_expired: counter("dispatcher_leases_expired", "Attempts whose lease ran out"),
+            stale_replies: counter(
+                "dispatcher_stale_replies",
+                "Agent replies for attempts already over",
+            ),
+            pull_restarts: counter(
+                "dispatcher_intake_pull_restarts",
+                "Intake pulls started again: submissions pending, no pull request open at the server, nothing delivered for 2 s",
+            ),
+            heartbeats_refused: counter(
+                "dispatcher_heartbeats_refused",
+                "Heartbeats not used for routing: the agent has a key and the signature did not verify",
+            ),
+            lookups: counter(
+                "dispatcher_lookups",
+                "Submissions whose stored state was looked up (redeliveries, ids that may have been used)",
+            ),
+            lookups_skipped: counter(
+                "dispatcher_lookups_skipped",
+                "First deliveries of ids certainly new (known-ids filter): no lookup",
+            ),
+            known_ids_bytes: gauge(
+                "dispatcher_known_ids_bytes",
+                "Memory of the known-ids filter (0 while it is not loaded)",
+            ),
+            held: gauge(
+                "dispatcher_tasks_held",
+                "Submissions this replica holds (unacknowledged)",
+            ),
+            queued: gauge("dispatcher_tasks_queued", "Held tasks waiting for an agent"),
+            latency: registry.add(
+                "dispatcher_task_duration_seconds",
+                "From delivery to the dispatcher until completion",
+                Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
+            ),
             stages: std::array::from_fn(|index| {
                 stages
                     .get_or_create(&StageLabels {
@@ -97,106 +139,6 @@ impl Metrics {
             "dispatcher_task_stage_seconds",
             "Time tasks spend in each stage: intake (delivery to first assignment), agent (one attempt), commit (final outcome to result)",
             stages,
-        );
-        let counters: [(&str, &str, &Counter); 15] = [
-            (
-                "dispatcher_lookups",
-                "Submissions whose stored state was looked up (redeliveries, ids that may have been used)",
-                &metrics.lookups,
-            ),
-            (
-                "dispatcher_lookups_skipped",
-                "First deliveries of ids certainly new (known-ids filter): no lookup",
-                &metrics.lookups_skipped,
-            ),
-            (
-                "dispatcher_tasks_submitted",
-                "New tasks accepted",
-                &metrics.submitted,
-            ),
-            (
-                "dispatcher_tasks_resumed",
-                "Unfinished tasks taken over after a redelivery",
-                &metrics.resumed,
-            ),
-            (
-                "dispatcher_tasks_rejected",
-                "Invalid submissions dead-lettered",
-                &metrics.rejected,
-            ),
-            (
-                "dispatcher_tasks_duplicate",
-                "Submissions recognised as a task already known",
-                &metrics.duplicates,
-            ),
-            (
-                "dispatcher_attempts_started",
-                "Attempts sent to agents",
-                &metrics.assigned,
-            ),
-            (
-                "dispatcher_tasks_completed",
-                "Tasks completed",
-                &metrics.completed,
-            ),
-            (
-                "dispatcher_attempts_retried",
-                "Failed attempts scheduled again",
-                &metrics.retried,
-            ),
-            (
-                "dispatcher_tasks_dead_lettered",
-                "Tasks ended in the dead-letter store",
-                &metrics.dead_lettered,
-            ),
-            (
-                "dispatcher_tasks_cancelled",
-                "Tasks cancelled on request",
-                &metrics.cancelled,
-            ),
-            (
-                "dispatcher_leases_expired",
-                "Attempts whose lease ran out",
-                &metrics.lease_expired,
-            ),
-            (
-                "dispatcher_stale_replies",
-                "Agent replies for attempts already over",
-                &metrics.stale_replies,
-            ),
-            (
-                "dispatcher_intake_pull_restarts",
-                "Intake pulls started again: submissions pending, no pull request open at the server, nothing delivered for 2 s",
-                &metrics.pull_restarts,
-            ),
-            (
-                "dispatcher_heartbeats_refused",
-                "Heartbeats not used for routing: the agent has a key and the signature did not verify",
-                &metrics.heartbeats_refused,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
-        }
-        registry.register(
-            "dispatcher_known_ids_bytes",
-            "Memory of the known-ids filter (0 while it is not loaded)",
-            metrics.known_ids_bytes.clone(),
-        );
-        registry.register(
-            "dispatcher_tasks_held",
-            "Submissions this replica holds (unacknowledged)",
-            metrics.held.clone(),
-        );
-        registry.register(
-            "dispatcher_tasks_queued",
-            "Held tasks waiting for an agent",
-            metrics.queued.clone(),
-        );
-        registry.register(
-            "dispatcher_task_duration_seconds",
-            "From delivery to the dispatcher until completion",
-            metrics.latency.clone(),
         );
         metrics
     }

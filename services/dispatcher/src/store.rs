@@ -13,6 +13,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use concord_store::{
     DirectConnections, EventColumns, EventStore, NewEvent, ReplayFilter, StoreError,
+    insert_events_sql,
 };
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{TaskResult, TaskStatus};
@@ -105,7 +106,15 @@ impl TaskRow {
 
 /// The task rows (`$1`..`$14`) and, for the tasks this writer owns, their
 /// events (`$15`..`$23`), in one statement: one round trip, one commit.
-const UPSERT: &str = "\
+/// The rows of a batch (parameters `$1..$14`) and the events of the rows
+/// this writer owns (`$15..$23`, the event store's own insert), in one
+/// statement.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let events = insert_events_sql(15, Some("e.aggregate_id in (select task_id from owned)"));
+    format!("{UPSERT_ROWS},\nappended as (\n{events}\nreturning 1\n)\nselect task_id from owned")
+});
+
+const UPSERT_ROWS: &str = "\
 with input as (
     select * from unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::int4[],
                          $7::text[], $8::text[]::json[], $9::text[]::json[], $10::int8[], $11::timestamptz[],
@@ -132,19 +141,7 @@ inserted as (
 ),
 owned as (
     select task_id from updated union all select task_id from inserted
-),
-appended as (
-    insert into events (event_id, aggregate_type, aggregate_id, sequence, event_type, data,
-                        trace_id, source, occurred_at)
-    select e.* from unnest($15::uuid[], $16::text[], $17::text[], $18::int8[], $19::text[],
-                           $20::jsonb[], $21::text[], $22::text[], $23::timestamptz[])
-        as e(event_id, aggregate_type, aggregate_id, sequence, event_type, data, trace_id,
-             source, occurred_at)
-    where e.aggregate_id in (select task_id from owned)
-    on conflict (event_id) do nothing
-    returning 1
-)
-select task_id from owned";
+)";
 
 const ALL: &str = "\
 select task_id, status, attempts, agent_id, spec, result, last_sequence, submitted_at, updated_at, completed_at
@@ -475,7 +472,7 @@ async fn upsert<'e>(
     let expected: Vec<i64> = writes.iter().map(|w| w.expected_sequence).collect();
     let events: Vec<&NewEvent> = writes.iter().flat_map(|w| w.events.iter()).collect();
     let events = EventColumns::of(&events);
-    let owned: Vec<String> = sqlx::query_scalar(UPSERT)
+    let owned: Vec<String> = sqlx::query_scalar(UPSERT.as_str())
         .bind(columns.ids)
         .bind(columns.capabilities)
         .bind(columns.statuses)

@@ -51,35 +51,28 @@ pub struct WriterMetrics {
 
 impl WriterMetrics {
     pub fn register(registry: &concord_telemetry::MetricsRegistry) -> Self {
-        let metrics = Self {
-            batches: Counter::default(),
-            retries: Counter::default(),
-            batch_size: Some(Histogram::new(exponential_buckets(1.0, 2.0, 11))),
-            duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
-        };
-        registry.register(
-            "dispatcher_write_duration_seconds",
-            "Time to store one batch of task writes (retries included)",
-            metrics.duration.clone(),
-        );
-        registry.register(
-            "dispatcher_write_batches",
-            "Transactions committed by the dispatcher's task writer",
-            metrics.batches.clone(),
-        );
-        registry.register(
-            "dispatcher_write_retries",
-            "Task write batches retried after a database error",
-            metrics.retries.clone(),
-        );
-        if let Some(histogram) = &metrics.batch_size {
-            registry.register(
+        Self {
+            batches: registry.add(
+                "dispatcher_write_batches",
+                "Transactions committed by the dispatcher's task writer",
+                Counter::default(),
+            ),
+            retries: registry.add(
+                "dispatcher_write_retries",
+                "Task write batches retried after a database error",
+                Counter::default(),
+            ),
+            batch_size: Some(registry.add(
                 "dispatcher_write_batch_size",
                 "Task writes per transaction",
-                histogram.clone(),
-            );
+                Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            )),
+            duration: registry.add(
+                "dispatcher_write_duration_seconds",
+                "Time to store one batch of task writes (retries included)",
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
+            ),
         }
-        metrics
     }
 }
 

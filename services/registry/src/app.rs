@@ -76,22 +76,23 @@ impl Registry {
         config: RegistryConfig,
     ) -> anyhow::Result<Self> {
         let bucket = DirectoryBucket::open(&context.bus).await?;
-        let metrics = Metrics::default();
-        context.metrics.register(
-            "registry_heartbeats",
-            "Heartbeats received",
-            metrics.heartbeats.clone(),
-        );
-        context.metrics.register(
-            "registry_liveness_transitions",
-            "Liveness transitions applied, by kind",
-            metrics.transitions.clone(),
-        );
-        context.metrics.register(
-            "registry_agents",
-            "Agents in this replica's directory",
-            metrics.agents.clone(),
-        );
+        let metrics = Metrics {
+            heartbeats: context.metrics.add(
+                "registry_heartbeats",
+                "Heartbeats received",
+                Counter::default(),
+            ),
+            transitions: context.metrics.add(
+                "registry_liveness_transitions",
+                "Liveness transitions applied, by kind",
+                Family::default(),
+            ),
+            agents: context.metrics.add(
+                "registry_agents",
+                "Agents in this replica's directory",
+                Gauge::default(),
+            ),
+        };
         let identity = Identity::new(config.signature_max_skew, config.require_signatures);
         context.metrics.register(
             "registry_identity_faults",

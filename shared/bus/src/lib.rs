@@ -15,14 +15,13 @@ pub mod headers;
 pub mod jetstream;
 pub mod service;
 mod shutdown;
-mod subjects;
 pub mod validate;
 
+pub use concord_wire::subjects::Subjects;
 pub use connect::{Bus, BusConfig, ConnectError, connect};
 pub use error::ServiceError;
 pub use service::{Handler, HostError, Reply, Request, ServiceHost, ServiceSpec};
 pub use shutdown::Shutdown;
-pub use subjects::Subjects;
 
 pub use async_nats;
 pub use concord_wire as wire;

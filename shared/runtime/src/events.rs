@@ -51,17 +51,15 @@ impl EventPublisher {
     /// Starts the writer task.
     pub fn start(store: EventStore, bus: Bus, source: &str, metrics: &MetricsRegistry) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let written = Counter::<u64>::default();
-        let batch_sizes = Histogram::new(exponential_buckets(1.0, 2.0, 11));
-        metrics.register(
+        let written = metrics.add(
             "events_written",
             "Events committed to the event store",
-            written.clone(),
+            Counter::<u64>::default(),
         );
-        metrics.register(
+        let batch_sizes = metrics.add(
             "event_batch_size",
             "Events per event-store INSERT",
-            batch_sizes.clone(),
+            Histogram::new(exponential_buckets(1.0, 2.0, 11)),
         );
         let closing = CancellationToken::new();
         let writer = tokio::spawn(write_loop(

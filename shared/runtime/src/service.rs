@@ -35,6 +35,16 @@ fn endpoint_name(group: &str, name: &str) -> String {
     format!("{group}_{name}")
 }
 
+/// `handler` with its own clone of `app` for every request.
+fn bind<A, F, Fut>(app: &A, handler: F) -> impl Fn(Request) -> Fut + Send + Sync + 'static
+where
+    A: Clone + Send + Sync + 'static,
+    F: Fn(A, Request) -> Fut + Send + Sync + 'static,
+{
+    let app = app.clone();
+    move |request| handler(app.clone(), request)
+}
+
 /// A service's endpoints and context, run until the shutdown token trips.
 pub struct Service {
     context: ServiceContext,
@@ -82,13 +92,11 @@ impl Service {
         Fut: Future<Output = Result<Reply, ServiceError>> + Send + 'static,
     {
         let subject = self.context.bus.subjects.endpoint(group, name);
-        let app = app.clone();
-        self.host
-            .endpoint(&endpoint_name(group, name), subject, move |request| {
-                handler(app.clone(), request)
-            })
-            .await?;
-        Ok(())
+        let name = endpoint_name(group, name);
+        Ok(self
+            .host
+            .endpoint(&name, subject, bind(app, handler))
+            .await?)
     }
 
     /// [`Service::serve`] without a trace span per request: for high-rate,
@@ -106,13 +114,11 @@ impl Service {
         Fut: Future<Output = Result<Reply, ServiceError>> + Send + 'static,
     {
         let subject = self.context.bus.subjects.endpoint(group, name);
-        let app = app.clone();
-        self.host
-            .endpoint_untraced(&endpoint_name(group, name), subject, move |request| {
-                handler(app.clone(), request)
-            })
-            .await?;
-        Ok(())
+        let name = endpoint_name(group, name);
+        Ok(self
+            .host
+            .endpoint_untraced(&name, subject, bind(app, handler))
+            .await?)
     }
 
     /// Keeps `directory` a copy of the registry's published directory (the

@@ -66,37 +66,32 @@ impl AgentMetrics {
             return Self::default();
         };
         let inner = Inner {
-            tasks: Family::default(),
-            duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
-            in_flight: Gauge::default(),
-            heartbeat_failures: Counter::default(),
-            registrations: Counter::default(),
+            tasks: registry.add(
+                "agent_tasks",
+                "Task assignments received, by outcome",
+                Family::default(),
+            ),
+            duration: registry.add(
+                "agent_task_duration_seconds",
+                "Time the handler took, per task attempt",
+                Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
+            ),
+            in_flight: registry.add(
+                "agent_tasks_in_flight",
+                "Tasks running now",
+                Gauge::default(),
+            ),
+            heartbeat_failures: registry.add(
+                "agent_heartbeat_failures",
+                "Heartbeats that got no acknowledgement",
+                Counter::default(),
+            ),
+            registrations: registry.add(
+                "agent_registrations",
+                "Successful registrations, including re-registrations",
+                Counter::default(),
+            ),
         };
-        registry.register(
-            "agent_tasks",
-            "Task assignments received, by outcome",
-            inner.tasks.clone(),
-        );
-        registry.register(
-            "agent_task_duration_seconds",
-            "Time the handler took, per task attempt",
-            inner.duration.clone(),
-        );
-        registry.register(
-            "agent_tasks_in_flight",
-            "Tasks running now",
-            inner.in_flight.clone(),
-        );
-        registry.register(
-            "agent_heartbeat_failures",
-            "Heartbeats that got no acknowledgement",
-            inner.heartbeat_failures.clone(),
-        );
-        registry.register(
-            "agent_registrations",
-            "Successful registrations, including re-registrations",
-            inner.registrations.clone(),
-        );
         Self { inner: Some(inner) }
     }
 

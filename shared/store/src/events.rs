@@ -108,10 +108,36 @@ impl Default for ReplayFilter {
     }
 }
 
-const INSERT_EVENTS: &str = "\
-insert into events (event_id, aggregate_type, aggregate_id, sequence, event_type, data, trace_id, source, occurred_at)
-select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[])
-on conflict (event_id) do nothing";
+static INSERT_EVENTS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_events_sql(1, None));
+
+/// The one statement that appends events: rows from the nine arrays of
+/// [`EventColumns`] bound as parameters `$first` to `$first + 8` in field
+/// order, an event already stored (same `event_id`) skipped. `only`, a
+/// condition on the row `e`, keeps some of them: for a caller that appends
+/// events in the same statement (a CTE) as its own rows, e.g. only the
+/// events of the rows it could write.
+pub fn insert_events_sql(first: usize, only: Option<&str>) -> String {
+    let p = |n: usize| first + n;
+    let filter = only
+        .map(|only| format!("\nwhere {only}"))
+        .unwrap_or_default();
+    format!(
+        "insert into events (event_id, aggregate_type, aggregate_id, sequence, event_type, data, trace_id, source, occurred_at)\n\
+         select e.* from unnest(${}::uuid[], ${}::text[], ${}::text[], ${}::int8[], ${}::text[], ${}::jsonb[], ${}::text[], ${}::text[], ${}::timestamptz[])\n\
+         as e(event_id, aggregate_type, aggregate_id, sequence, event_type, data, trace_id, source, occurred_at){filter}\n\
+         on conflict (event_id) do nothing",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(7),
+        p(8)
+    )
+}
 
 const EVENTS_FOR: &str = "\
 select position, event_id, aggregate_type, aggregate_id, sequence, event_type, data, trace_id, source, occurred_at, recorded_at
@@ -326,7 +352,7 @@ async fn insert(
     }
     let n = events.len();
     let columns = EventColumns::of(events);
-    let result = sqlx::query(INSERT_EVENTS)
+    let result = sqlx::query(INSERT_EVENTS.as_str())
         .bind(columns.event_ids)
         .bind(columns.aggregate_types)
         .bind(columns.aggregate_ids)
@@ -443,6 +469,23 @@ mod tests {
         let err =
             check_batch([event(Uuid::new_v4(), 1), event(Uuid::new_v4(), 1)].iter()).unwrap_err();
         assert!(err.is_sequence_conflict(), "{err}");
+    }
+
+    #[test]
+    fn the_insert_numbers_its_parameters_from_first_and_filters_when_asked() {
+        let alone = insert_events_sql(1, None);
+        assert!(
+            alone.contains("$1::uuid[]") && alone.contains("$9::timestamptz[]"),
+            "{alone}"
+        );
+        assert!(!alone.contains("where"), "{alone}");
+        let inside = insert_events_sql(15, Some("e.aggregate_id in (select id from owned)"));
+        assert!(inside.contains("$15::uuid[]") && inside.contains("$23::timestamptz[]"));
+        assert!(
+            !inside.contains("$14") && !inside.contains("$24"),
+            "{inside}"
+        );
+        assert!(inside.contains("where e.aggregate_id in (select id from owned)\non conflict"));
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub use dead_letters::{
 pub use direct::{DirectConnections, Taken};
 pub use error::StoreError;
 pub use event_data::EventData;
-pub use events::{AppendOutcome, EventColumns, EventStore, NewEvent, ReplayFilter, StoredEvent};
+pub use events::{
+    AppendOutcome, EventColumns, EventStore, NewEvent, ReplayFilter, StoredEvent, insert_events_sql,
+};
 pub use pool::{
     DEFAULT_CONNECT_TIMEOUT, Migrator, connect, connect_with_timeout, migrate, migrate_shared,
 };

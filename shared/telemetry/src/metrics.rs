@@ -28,6 +28,14 @@ impl MetricsRegistry {
         }
     }
 
+    /// Registers `metric` and hands it back, so a service builds its
+    /// metrics struct in one expression:
+    /// `heartbeats: registry.add("registry_heartbeats", "Heartbeats received", Counter::default())`.
+    pub fn add<M: Metric + Clone>(&self, name: &str, help: &str, metric: M) -> M {
+        self.register(name, help, metric.clone());
+        metric
+    }
+
     /// Registers a metric; `name` without the prefix, `help` one sentence.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         self.inner

@@ -2,8 +2,8 @@
 //! JSON/protobuf codec, and what services, the CLI and agents must agree on
 //! beyond the messages: header names ([`headers`]), derived ids ([`ids`]),
 //! task error codes and dead-letter reasons ([`codes`]), priority names
-//! ([`priority`]), JSON values of messages ([`json`]). Subjects are built by
-//! `concord_bus::Subjects`.
+//! ([`priority`]), JSON values of messages ([`json`]), and every subject
+//! under its root ([`subjects::Subjects`], re-exported by `concord_bus`).
 //!
 //! The message types live in [`v1`]; every one of them is a [`prost::Message`]
 //! and has serde impls following the canonical proto3 JSON mapping, so
@@ -16,6 +16,7 @@ pub mod headers;
 pub mod ids;
 pub mod json;
 pub mod priority;
+pub mod subjects;
 
 pub use codec::{CodecError, ContentType, EncodeError, WireMessage, decode, encode};
 /// The well-known types used by [`v1`], re-exported so users need no version-matched dependency.
