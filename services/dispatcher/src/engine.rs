@@ -30,7 +30,7 @@ use concord_bus::Bus;
 use concord_directory::SharedDirectory;
 use concord_runtime::EventPublisher;
 use concord_store::{NewDeadLetter, NewEvent};
-use concord_wire::v1::{AgentOutput, TaskResult};
+use concord_wire::v1::TaskResult;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,7 @@ use crate::agents::Loads;
 use crate::breaker::Breakers;
 use crate::config::DispatcherConfig;
 use crate::known_ids::{Bloom, KnownIds};
+use crate::lifecycle::Phase;
 use crate::metrics::Metrics;
 use crate::performance::Performance;
 use crate::projection::{AGGREGATE, TaskEvent, TaskView};
@@ -99,33 +100,6 @@ pub struct Parts {
     /// shutdown waits for it.
     pub background: concord_runtime::Background,
     pub dead_letters: concord_runtime::DeadLetterKeeper,
-}
-
-/// Where a held task is in its life.
-#[derive(Debug)]
-enum Phase {
-    /// Waiting for its stored state (lookup in flight).
-    Looking,
-    /// In its capability's queue, waiting for an agent.
-    Queued,
-    /// Waiting out a retry delay.
-    Backoff,
-    /// An attempt is out with agents.
-    Running(Run),
-    /// Final; waiting for the outcome to be committed.
-    Final,
-}
-
-/// One attempt in progress.
-#[derive(Debug)]
-struct Run {
-    attempt: u32,
-    /// Agents the attempt went to, with their outcome once known.
-    agents: Vec<(String, Option<AgentOutput>)>,
-    lease: Duration,
-    lease_deadline: Instant,
-    /// When it was sent (for the agents' performance).
-    sent_at: Instant,
 }
 
 /// A submission this replica holds.
@@ -332,13 +306,9 @@ impl Engine {
                 continue;
             }
             if let Some(held) = self.tasks.remove(&id) {
-                if let Phase::Running(run) = &held.phase {
-                    for (agent, outcome) in &run.agents {
-                        if outcome.is_none() {
-                            self.loads.adjust_own(agent, -1);
-                            self.breakers.release_probe(agent);
-                        }
-                    }
+                for agent in held.phase.working_agents() {
+                    self.loads.adjust_own(&agent, -1);
+                    self.breakers.release_probe(&agent);
                 }
                 concord_bus::jetstream::nak(&held.message, None).await;
                 handed += 1;

@@ -30,6 +30,7 @@ pub mod engine;
 pub mod handlers;
 pub mod holder;
 pub mod known_ids;
+pub mod lifecycle;
 pub mod metrics;
 pub mod performance;
 pub mod projection;

@@ -9,17 +9,18 @@ use concord_bus::headers;
 use concord_store::NewDeadLetter;
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{
-    AgentOutput, AgentResult, CancelTask, TaskError, TaskProgress, TaskResult, agent_result,
+    AgentResult, CancelTask, TaskError, TaskProgress, TaskResult, agent_result,
 };
-use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::intake::headers_of;
 use super::{Engine, Phase, Timer};
-use crate::backoff::{retry_delay, should_retry};
+use crate::lifecycle::{
+    AfterFailure, Cancel, Finished, LeaseCheck, after_failure, dead_letter_error,
+};
 use crate::metrics::Stage;
 use crate::performance::Sample;
-use crate::projection::{Finality, TaskEvent, from_wire_value, reason};
+use crate::projection::{Finality, TaskEvent, from_wire_value};
 use crate::writer::Written;
 
 /// Namespace of dead-letter ids of tasks (task id + attempts).
@@ -53,15 +54,8 @@ impl Engine {
 
     /// The agent at `index` of the running attempt, if it has not answered yet.
     fn running_agent(&self, task_id: &str, attempt: u32, index: usize) -> Option<String> {
-        let held = self.tasks.get(task_id)?;
-        let Phase::Running(run) = &held.phase else {
-            return None;
-        };
-        if run.attempt != attempt {
-            return None;
-        }
-        match run.agents.get(index)? {
-            (agent, None) => Some(agent.clone()),
+        match &self.tasks.get(task_id)?.phase {
+            Phase::Running(run) => run.awaiting(attempt, index).map(str::to_string),
             _ => None,
         }
     }
@@ -81,31 +75,14 @@ impl Engine {
         let Phase::Running(run) = &mut held.phase else {
             return;
         };
-        let attempt = run.attempt;
-        let agent_id = run.agents[index].0.clone();
-        let output = match &outcome {
-            Ok(value) => AgentOutput {
-                agent_id: agent_id.clone(),
-                output: Some(crate::projection::to_wire_value(value.clone())),
-                error: None,
-            },
-            Err(error) => AgentOutput {
-                agent_id: agent_id.clone(),
-                output: None,
-                error: Some(error.clone()),
-            },
-        };
-        run.agents[index].1 = Some(output);
-        let all_done = run.agents.iter().all(|(_, o)| o.is_some());
-        held.history.push(json!({
-            "attempt": attempt,
-            "agentId": agent_id,
-            "outcome": match &outcome { Ok(_) => json!("ok"), Err(e) => crate::projection::wire_json(e) },
-        }));
+        let attempt = run.number();
+        let answered = run.answer(index, &outcome, Instant::now());
+        let agent_id = answered.agent_id;
+        held.history.push(answered.history);
         self.loads.adjust_own(&agent_id, -1);
         self.dirty.insert(held.spec.capability.clone());
         self.targeted_dirty = true;
-        let took = run.sent_at.elapsed();
+        let took = answered.took;
         match &outcome {
             Ok(_) => {
                 self.breakers.record_success(&agent_id, now_ms);
@@ -127,7 +104,7 @@ impl Engine {
                 );
             }
         }
-        if all_done {
+        if answered.all_done {
             self.end_attempt(task_id).await;
         }
     }
@@ -144,102 +121,73 @@ impl Engine {
         if let Some(since) = held.stage_since.replace(now) {
             self.metrics.observe_stage(Stage::Agent, now - since);
         }
-        let fan_out = run.agents.len() > 1
+        let attempt = run.number();
+        let fan_out = run.agent_count() > 1
             || matches!(
                 self.router.strategy_for(&held.spec),
                 concord_wire::v1::RoutingStrategy::Broadcast
                     | concord_wire::v1::RoutingStrategy::Multicast
             );
-        let outputs: Vec<AgentOutput> = run.agents.into_iter().filter_map(|(_, o)| o).collect();
-        let succeeded = outputs.iter().find(|o| o.error.is_none()).cloned();
-        if let Some(success) = succeeded {
-            let event = if fan_out {
-                TaskEvent::Completed {
-                    attempt: run.attempt,
-                    agent_id: success.agent_id.clone(),
-                    output: None,
-                    outputs,
-                }
-            } else {
-                TaskEvent::Completed {
-                    attempt: run.attempt,
-                    agent_id: success.agent_id.clone(),
-                    output: success.output.as_ref().map(from_wire_value),
-                    outputs: Vec::new(),
-                }
-            };
-            self.record(task_id, event);
-            self.metrics.completed.inc();
-            self.metrics.observe_latency(held_received(self, task_id));
-            self.finalize(task_id);
-            return;
-        }
-        let last = outputs
-            .last()
-            .and_then(|o| o.error.clone())
-            .unwrap_or_else(|| TaskError {
-                message: "no agent answered".into(),
-                retryable: true,
-                code: String::new(),
-            });
-        let retryable = outputs
-            .iter()
-            .all(|o| o.error.as_ref().is_none_or(|e| e.retryable));
+        let (failed_agents, last, retryable) = match run.finish(fan_out) {
+            Finished::Completed(event) => {
+                self.record(task_id, event);
+                self.metrics.completed.inc();
+                self.metrics.observe_latency(held_received(self, task_id));
+                self.finalize(task_id);
+                return;
+            }
+            Finished::Failed {
+                agents,
+                last,
+                retryable,
+            } => (agents, last, retryable),
+        };
         let held = self.tasks.get_mut(task_id).expect("held above");
-        for output in &outputs {
-            if !held.avoid.contains(&output.agent_id) {
-                held.avoid.push(output.agent_id.clone());
+        for agent in failed_agents {
+            if !held.avoid.contains(&agent) {
+                held.avoid.push(agent);
             }
         }
-        let attempts = held.attempts_run;
+        let attempts_run = held.attempts_run;
         let max_attempts = held.spec.max_attempts;
         let deadline_passed = held
             .spec
             .deadline_passed(chrono::Utc::now().timestamp_millis());
-        if should_retry(attempts, max_attempts, retryable) && !deadline_passed {
-            let sample = self.sample();
-            let delay = retry_delay(attempts, &self.config.backoff, sample);
-            let next_attempt = run.attempt + 1;
-            self.record(
-                task_id,
-                TaskEvent::Retried {
-                    next_attempt,
-                    delay_ms: delay.as_millis() as u64,
-                },
-            );
-            self.metrics.retried.inc();
-            self.timers.push(Reverse((
-                Instant::now() + delay,
-                Timer::Backoff {
-                    task_id: task_id.to_string(),
-                    attempt: next_attempt,
-                },
-            )));
-            return;
+        let jitter = self.sample();
+        match after_failure(
+            attempt,
+            attempts_run,
+            max_attempts,
+            &last,
+            retryable,
+            deadline_passed,
+            &self.config.backoff,
+            jitter,
+        ) {
+            AfterFailure::Retry {
+                next_attempt,
+                delay,
+            } => {
+                self.record(
+                    task_id,
+                    TaskEvent::Retried {
+                        next_attempt,
+                        delay_ms: delay.as_millis() as u64,
+                    },
+                );
+                self.metrics.retried.inc();
+                self.timers.push(Reverse((
+                    Instant::now() + delay,
+                    Timer::Backoff {
+                        task_id: task_id.to_string(),
+                        attempt: next_attempt,
+                    },
+                )));
+            }
+            AfterFailure::GiveUp { code, message } => {
+                self.give_up(task_id, code, message, Some(last));
+            }
         }
-        let (code, message) = if !retryable {
-            (
-                reason::TASK_FAILED,
-                format!("the agent reported a permanent error: {}", last.message),
-            )
-        } else if deadline_passed {
-            (
-                reason::DEADLINE_EXCEEDED,
-                format!(
-                    "the deadline passed after {attempts} attempts; last error: {}",
-                    last.message
-                ),
-            )
-        } else {
-            (
-                reason::MAX_ATTEMPTS,
-                format!(
-                    "all {attempts} attempts failed; last error: {}",
-                    last.message
-                ),
-            )
-        };
-        self.give_up(task_id, code, message, Some(last));
     }
 
     /// Ends a task in the dead-letter store.
@@ -269,14 +217,7 @@ impl Engine {
             source: self.events.source().to_string(),
             history: serde_json::Value::Array(std::mem::take(&mut held.history)),
         });
-        let error = TaskError {
-            message,
-            retryable: last.as_ref().is_some_and(|e| e.retryable),
-            code: last
-                .map(|e| e.code)
-                .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| code.to_string()),
-        };
+        let error = dead_letter_error(code, message, last);
         tracing::info!(%task_id, reason = code, error = %error.message, "task dead-lettered");
         self.record(
             task_id,
@@ -314,16 +255,10 @@ impl Engine {
         let Phase::Running(run) = &mut held.phase else {
             return;
         };
-        if run.attempt != progress.attempt
-            || !run
-                .agents
-                .iter()
-                .any(|(agent, outcome)| *agent == progress.agent_id && outcome.is_none())
-        {
+        if !run.progress(progress.attempt, &progress.agent_id, Instant::now()) {
             return;
         }
-        run.lease_deadline = Instant::now() + run.lease;
-        let attempt = run.attempt;
+        let attempt = progress.attempt;
         self.record(
             &progress.task_id,
             TaskEvent::Progress {
@@ -342,39 +277,27 @@ impl Engine {
         let Phase::Running(run) = &held.phase else {
             return;
         };
-        if run.attempt != attempt {
-            return;
-        }
-        if run.lease_deadline > Instant::now() {
-            // Progress extended it.
-            self.timers.push(Reverse((
-                run.lease_deadline,
-                Timer::Lease {
-                    task_id: task_id.to_string(),
-                    attempt,
-                },
-            )));
-            return;
-        }
-        let lease = run.lease;
-        let silent: Vec<(usize, String)> = run
-            .agents
+        let silent = match run.lease_check(attempt, Instant::now()) {
+            LeaseCheck::Stale => return,
+            LeaseCheck::Extended(deadline) => {
+                self.timers.push(Reverse((
+                    deadline,
+                    Timer::Lease {
+                        task_id: task_id.to_string(),
+                        attempt,
+                    },
+                )));
+                return;
+            }
+            LeaseCheck::Expired(silent) => silent,
+        };
+        let errors: Vec<TaskError> = silent
             .iter()
-            .enumerate()
-            .filter(|(_, (_, outcome))| outcome.is_none())
-            .map(|(i, (agent, _))| (i, agent.clone()))
+            .map(|(_, agent)| run.lease_expired_error(agent))
             .collect();
         self.metrics.lease_expired.inc();
-        for (index, agent) in silent {
+        for ((index, agent), error) in silent.into_iter().zip(errors) {
             self.cancel_on_agent(&agent, task_id, "lease expired").await;
-            let error = TaskError {
-                message: format!(
-                    "agent {agent} sent no result or progress within the {} ms lease",
-                    lease.as_millis()
-                ),
-                retryable: true,
-                code: "lease_expired".into(),
-            };
             self.agent_done(task_id, index, Err(error)).await;
         }
     }
@@ -407,22 +330,17 @@ impl Engine {
             let _ = reply.send(None);
             return;
         };
-        if matches!(held.phase, Phase::Final | Phase::Looking) || held.view.status.is_final() {
-            // Finishing already: answer with the outcome once committed.
-            held.waiters.push(reply);
-            return;
-        }
         held.waiters.push(reply);
-        let phase = std::mem::replace(&mut held.phase, Phase::Final);
-        if let Phase::Running(run) = phase {
-            for (agent, outcome) in run.agents {
-                if outcome.is_none() {
-                    self.loads.adjust_own(&agent, -1);
-                    // A half-open breaker's probe ends without a verdict.
-                    self.breakers.release_probe(&agent);
-                    self.cancel_on_agent(&agent, task_id, why).await;
-                }
-            }
+        let already_final = held.view.status.is_final();
+        let Cancel::Cancelled { stop } = held.phase.cancel(already_final) else {
+            // Finishing already: answered with the outcome once committed.
+            return;
+        };
+        for agent in stop {
+            self.loads.adjust_own(&agent, -1);
+            // A half-open breaker's probe ends without a verdict.
+            self.breakers.release_probe(&agent);
+            self.cancel_on_agent(&agent, task_id, why).await;
         }
         self.record(
             task_id,
@@ -447,19 +365,11 @@ impl Engine {
                 self.metrics.duplicates.inc();
                 tracing::info!(%task_id, "task owned by another writer; dropping this copy");
                 let held = self.tasks.remove(&task_id).expect("held");
-                if let Phase::Running(run) = &held.phase {
-                    for (agent, outcome) in &run.agents {
-                        if outcome.is_none() {
-                            self.loads.adjust_own(agent, -1);
-                            self.breakers.release_probe(agent);
-                            self.cancel_on_agent(
-                                agent,
-                                &task_id,
-                                "task owned by another dispatcher",
-                            )
-                            .await;
-                        }
-                    }
+                for agent in held.phase.working_agents() {
+                    self.loads.adjust_own(&agent, -1);
+                    self.breakers.release_probe(&agent);
+                    self.cancel_on_agent(&agent, &task_id, "task owned by another dispatcher")
+                        .await;
                 }
                 for waiter in held.waiters {
                     let _ = waiter.send(None);

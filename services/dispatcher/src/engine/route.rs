@@ -14,10 +14,11 @@ use concord_bus::headers;
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::TaskAssignment;
 
-use super::{Engine, Phase, Run, Timer};
+use super::{Engine, Phase, Timer};
 
 /// Most capable agents one routing decision considers (see `Engine::route`).
 pub const ROUTING_WINDOW: usize = 64;
+use crate::lifecycle::Attempt;
 use crate::metrics::Stage;
 use crate::projection::{TaskEvent, reason};
 use concord_wire::v1::RoutingStrategy;
@@ -302,14 +303,9 @@ impl Engine {
             deadline: held.spec.deadline,
             labels: held.spec.labels.clone(),
         };
-        let deadline = Instant::now() + lease;
-        held.phase = Phase::Running(Run {
-            attempt,
-            agents: agents.iter().map(|agent| (agent.clone(), None)).collect(),
-            lease,
-            lease_deadline: deadline,
-            sent_at: Instant::now(),
-        });
+        let run = Attempt::start(attempt, &agents, lease, Instant::now());
+        let deadline = run.lease_deadline();
+        held.phase = Phase::Running(run);
         self.record(
             task_id,
             TaskEvent::Assigned {
