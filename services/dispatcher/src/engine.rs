@@ -16,7 +16,7 @@
 
 mod intake;
 mod outcome;
-mod route;
+mod assign;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};

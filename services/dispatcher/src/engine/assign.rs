@@ -1,4 +1,6 @@
-//! Queues and routing: which held task goes to which agent, and when.
+//! Queues and assignment: which held task goes to which agent, and when;
+//! sending the assignment. The choice among candidates is `crate::routing`'s
+//! (scoring); this module only queues, asks it, and sends.
 //!
 //! Untargeted tasks wait in one priority queue per capability; the head of
 //! a queue blocks the rest only for the reason that would block them too
