@@ -14,9 +14,9 @@
 //! Postgres work happens in the writer task and in spawned lookups, whose
 //! answers come back as inputs.
 
+mod assign;
 mod intake;
 mod outcome;
-mod assign;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};

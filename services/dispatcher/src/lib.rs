@@ -33,7 +33,8 @@ pub mod known_ids;
 pub mod lifecycle;
 pub mod metrics;
 pub mod performance;
-pub mod projection;
+/// The task events and the view they fold into (the contract crate's).
+pub use concord_wire::task_view as projection;
 pub mod projection_tool;
 pub mod results;
 pub mod routing;

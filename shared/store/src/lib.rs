@@ -18,16 +18,15 @@
 mod dead_letters;
 mod direct;
 mod error;
-mod event_data;
 mod events;
 mod pool;
 
+pub use concord_wire::event_data::EventData;
 pub use dead_letters::{
     DeadLetter, DeadLetterCursor, DeadLetterFilter, DeadLetterStore, NewDeadLetter, PurgeFilter,
 };
 pub use direct::{DirectConnections, Taken};
 pub use error::StoreError;
-pub use event_data::EventData;
 pub use events::{
     AppendOutcome, EventColumns, EventStore, NewEvent, ReplayFilter, StoredEvent, insert_events_sql,
 };

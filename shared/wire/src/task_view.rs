@@ -2,15 +2,16 @@
 //!
 //! Every transition of a task is a [`TaskEvent`], stored in the event store
 //! as `task.<kind>` with a JSON `data` object, and folded into a [`TaskView`]
-//! (the row of the `tasks` table). The live dispatcher and
-//! `concord events replay --project tasks` use the same [`TaskView::apply`],
-//! so a projection rebuilt from the events equals the live one.
+//! (the row of the dispatcher's `tasks` table). The live dispatcher and
+//! `concord-dispatcher --rebuild-projection` use the same [`TaskView::apply`],
+//! so a projection rebuilt from the events equals the live one; anyone
+//! following `<root>.events.task.*` can fold the same view.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use concord_store::EventData;
-
-use concord_wire::v1::{AgentOutput, Task, TaskError, TaskResult, TaskStatus};
 use serde_json::{Value, json};
+
+use crate::event_data::EventData;
+use crate::v1::{AgentOutput, Task, TaskError, TaskResult, TaskStatus};
 
 /// Aggregate type of task events.
 pub const AGGREGATE: &str = "task";
@@ -20,9 +21,7 @@ pub const SUBMITTED: &str = "task.submitted";
 
 /// Why a task went to the dead-letter store (the contract's codes).
 pub mod reason {
-    pub use concord_wire::codes::{
-        DEADLINE_EXCEEDED, MAX_ATTEMPTS, NO_ELIGIBLE_AGENT, TASK_FAILED,
-    };
+    pub use crate::codes::{DEADLINE_EXCEEDED, MAX_ATTEMPTS, NO_ELIGIBLE_AGENT, TASK_FAILED};
 }
 
 /// One transition of a task.
@@ -442,13 +441,11 @@ fn serialized<T: serde::Serialize>(data: &T) -> EventData {
     EventData::of(data).expect("task event data always serializes")
 }
 
-pub use concord_wire::json::{
-    from_wire_json, from_wire_value, to_wire_value, wire_json, wire_text,
-};
+pub use crate::json::{from_wire_json, from_wire_value, to_wire_value, wire_json, wire_text};
 
 /// A protobuf timestamp for a time.
-pub fn timestamp(at: DateTime<Utc>) -> concord_wire::pbjson_types::Timestamp {
-    concord_wire::pbjson_types::Timestamp {
+pub fn timestamp(at: DateTime<Utc>) -> crate::pbjson_types::Timestamp {
+    crate::pbjson_types::Timestamp {
         seconds: at.timestamp(),
         nanos: at.timestamp_subsec_nanos() as i32,
     }
