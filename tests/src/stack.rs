@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::Operation;
 use concord_bus::{Bus, BusConfig, Shutdown};
+use concord_dispatcher::BackoffPolicy;
 use concord_dispatcher::DispatcherConfig;
-use concord_dispatcher::backoff::BackoffPolicy;
-use concord_dispatcher::store::TaskStore;
+use concord_dispatcher::TaskStore;
 use concord_runtime::ServiceContext;
 use concord_sdk::{Agent, AgentConfig};
 use concord_telemetry::MetricsRegistry;

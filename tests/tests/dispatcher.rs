@@ -9,12 +9,12 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use concord_chaos_agent::{ChaosAgent, ChaosConfig, Latency};
 use concord_dispatcher::DispatcherConfig;
-use concord_dispatcher::projection::{from_wire_value, wire_json};
-use concord_dispatcher::routing::RoutingWeights;
+use concord_dispatcher::RoutingWeights;
 use concord_echo_agent::EchoAgent;
 use concord_store::DeadLetterFilter;
 use concord_tests::stack::{Stack, WAIT, test_config};
 use concord_wire::codec::{self, ContentType};
+use concord_wire::task_view::{from_wire_value, wire_json};
 use concord_wire::v1::{CancelTask, ErrorCode, GetTask, TaskResult, TaskStatus};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -782,7 +782,7 @@ async fn a_plain_nats_agent_gets_the_assignment_with_the_submitters_trace() {
         attempt: 1,
         agent_id: "raw-1".into(),
         outcome: Some(agent_result::Outcome::Output(
-            concord_dispatcher::projection::to_wire_value(json!("done")),
+            concord_wire::task_view::to_wire_value(json!("done")),
         )),
     };
     stack
@@ -837,9 +837,7 @@ async fn a_submission_without_a_trace_gets_one_trace_for_all_its_attempts() {
                 ..Default::default()
             })
         } else {
-            agent_result::Outcome::Output(concord_dispatcher::projection::to_wire_value(json!(
-                "done"
-            )))
+            agent_result::Outcome::Output(concord_wire::task_view::to_wire_value(json!("done")))
         };
         let reply = AgentResult {
             task_id: "t-untraced".into(),

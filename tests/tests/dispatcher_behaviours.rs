@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use concord_bus::ServiceError;
+use concord_dispatcher::BreakerPolicy;
 use concord_dispatcher::DispatcherConfig;
-use concord_dispatcher::breaker::BreakerPolicy;
-use concord_dispatcher::projection::{Finality, from_wire_value};
 use concord_sdk::{Agent, AgentHealth, Capability, Task, TaskContext, TaskFailure, capability};
 use concord_tests::stack::{Stack, WAIT, test_config};
 use concord_wire::codec::{self, ContentType};
+use concord_wire::task_view::{Finality, from_wire_value};
 use concord_wire::v1::{CancelTask, ErrorCode, Heartbeat, TaskResult, TaskStatus};
 use futures::StreamExt;
 use serde_json::{Value, json};

@@ -63,6 +63,7 @@ impl Loads {
     }
 
     /// This replica's attempts running on `agent_id`.
+    #[cfg(test)]
     pub fn own(&self, agent_id: &str) -> u32 {
         self.own
             .lock()

@@ -209,6 +209,7 @@ impl Breakers {
     }
 
     /// The policy in force.
+    #[cfg(test)]
     pub fn policy(&self) -> &BreakerPolicy {
         &self.policy
     }
@@ -326,6 +327,7 @@ impl Breakers {
 
     /// Drops everything known about `agent_id` (it deregistered): a later
     /// agent with the same id starts Closed.
+    #[cfg(test)]
     pub fn forget(&mut self, agent_id: &str) {
         self.breakers.remove(agent_id);
     }
@@ -336,6 +338,7 @@ impl Breakers {
     }
 
     /// How many agents have a breaker that is not Closed-with-no-failures.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.breakers.len()
     }

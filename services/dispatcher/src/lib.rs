@@ -21,28 +21,28 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub mod agents;
+pub(crate) mod agents;
 pub mod app;
-pub mod backoff;
-pub mod breaker;
+pub(crate) mod backoff;
+pub(crate) mod breaker;
 pub mod config;
-pub mod engine;
-pub mod handlers;
-pub mod holder;
-pub mod known_ids;
-pub mod lifecycle;
+pub(crate) mod engine;
+pub(crate) mod handlers;
+pub(crate) mod holder;
+pub(crate) mod known_ids;
+pub(crate) mod lifecycle;
 pub mod metrics;
-pub mod performance;
+pub(crate) mod performance;
 /// The task events and the view they fold into (the contract crate's).
 pub use concord_wire::task_view as projection;
 pub mod projection_tool;
-pub mod results;
-pub mod routing;
+pub(crate) mod results;
+pub(crate) mod routing;
 pub mod store;
 pub mod streams;
-pub mod submission;
-pub mod task_spec;
-pub mod writer;
+pub(crate) mod submission;
+pub(crate) mod task_spec;
+pub(crate) mod writer;
 
 /// A map keyed by agent or task id. These are read several times per task
 /// (routing reads four per candidate agent), so they use a fast hash
@@ -50,7 +50,11 @@ pub mod writer;
 pub type IdMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 
 pub use app::Dispatcher;
+pub use backoff::BackoffPolicy;
+pub use breaker::BreakerPolicy;
 pub use config::{DispatcherArgs, DispatcherConfig};
+pub use routing::RoutingWeights;
+pub use store::TaskStore;
 
 /// The dispatcher's tables (`migrations/dispatcher/`).
 fn migrations() -> concord_store::Migrator {

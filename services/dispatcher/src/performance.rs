@@ -88,11 +88,13 @@ impl Performance {
     }
 
     /// Agents with history.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.scores.len()
     }
 
     /// Whether no agent has history.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.scores.is_empty()
     }

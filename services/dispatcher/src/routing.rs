@@ -54,9 +54,13 @@ use concord_wire::v1::RoutingStrategy;
 use crate::task_spec::TaskSpec;
 
 pub use candidate::{Candidate, Ineligible};
-pub use priority::{PriorityQueue, priority_order};
+pub use priority::PriorityQueue;
+#[cfg(test)]
+pub use priority::priority_order;
 pub use reason::{NoAgentReason, Tally};
-pub use weights::{RoutingWeights, WeightsError};
+pub use weights::RoutingWeights;
+#[cfg(test)]
+pub use weights::WeightsError;
 
 use candidate::Fit;
 
@@ -76,6 +80,7 @@ pub enum RouteDecision {
 
 impl RouteDecision {
     /// The chosen agent ids; empty when none.
+    #[cfg(test)]
     pub fn agents(&self) -> &[String] {
         match self {
             Self::Assign(agents) => agents,
@@ -134,13 +139,9 @@ impl Router {
     }
 
     /// The strategy used for tasks that name none.
+    #[cfg(test)]
     pub fn default_strategy(&self) -> RoutingStrategy {
         self.default_strategy
-    }
-
-    /// The weights of the weighted score.
-    pub fn weights(&self) -> &RoutingWeights {
-        &self.weights
     }
 
     /// The strategy `task` is routed with: its own, or the default.

@@ -44,10 +44,7 @@ use concord_bus::validate::{LabelLimits, check_labels, check_text, check_token, 
 use concord_wire::pbjson_types::{Timestamp, Value};
 use concord_wire::v1::{ErrorCode, RoutingStrategy, Task};
 
-pub use concord_wire::priority::{
-    CRITICAL as PRIORITY_CRITICAL, HIGH as PRIORITY_HIGH, LOW as PRIORITY_LOW, MAX as MAX_PRIORITY,
-    NORMAL as PRIORITY_NORMAL, from_name as priority_from_name,
-};
+pub use concord_wire::priority::MAX as MAX_PRIORITY;
 
 /// Longest agent id in `targets`; agent ids are registered with this limit.
 const MAX_AGENT_ID_CHARS: usize = 64;
@@ -486,6 +483,7 @@ fn validate_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use concord_wire::priority::{CRITICAL as PRIORITY_CRITICAL, from_name as priority_from_name};
 
     /// 2023-11-14T22:13:20.123Z.
     const NOW_MS: i64 = 1_700_000_000_123;

@@ -12,11 +12,11 @@
 pub mod app;
 pub mod clock;
 pub mod config;
-pub mod handlers;
-pub mod identity;
+pub(crate) mod handlers;
+pub(crate) mod identity;
 pub mod liveness;
-pub mod reputation;
-pub mod store;
+pub(crate) mod reputation;
+pub(crate) mod store;
 pub mod validate;
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};

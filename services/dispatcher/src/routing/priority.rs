@@ -6,14 +6,17 @@
 //! queue per capability, so urgent work for one capability does not hold
 //! back work that other agents could do.
 
+#[cfg(test)]
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 
+#[cfg(test)]
 use crate::task_spec::TaskSpec;
 
 /// Backlog order of two tasks: `Less` when `a` goes first. Higher priority
 /// first; within a priority, lower [`TaskSpec::sequence`] (earlier arrival)
 /// first; equal sequences by id, so the order is total.
+#[cfg(test)]
 pub fn priority_order(a: &TaskSpec, b: &TaskSpec) -> Ordering {
     b.priority
         .cmp(&a.priority)
@@ -55,6 +58,7 @@ impl<T> PriorityQueue<T> {
 
     /// Puts `item` back ahead of everything of the same priority: for an item
     /// just popped that could not be placed (no agent free), so it keeps its turn.
+    #[cfg(test)]
     pub fn push_front(&mut self, priority: u32, item: T) {
         self.queues.entry(priority).or_default().push_front(item);
         self.len += 1;
@@ -95,12 +99,14 @@ impl<T> PriorityQueue<T> {
     }
 
     /// Items waiting at `priority` (for queue-depth metrics).
+    #[cfg(test)]
     pub fn len_at(&self, priority: u32) -> usize {
         self.queues.get(&priority).map_or(0, VecDeque::len)
     }
 
     /// Keeps only the items for which `keep` is true (for example to drop a
     /// cancelled task), preserving order. O(n).
+    #[cfg(test)]
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         self.queues.retain(|_, queue| {
             queue.retain(&mut keep);

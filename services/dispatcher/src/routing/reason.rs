@@ -2,7 +2,9 @@
 
 use std::fmt;
 
+#[cfg(test)]
 use concord_bus::ServiceError;
+#[cfg(test)]
 use concord_wire::v1::ErrorCode;
 
 use super::{Candidate, Ineligible};
@@ -150,6 +152,7 @@ impl NoAgentReason {
     /// A short stable name for metrics labels and event fields:
     /// `no_capable_agent`, `none_alive`, `none_healthy`, `breakers_open`,
     /// `all_busy`, `target_unavailable`, `no_target_eligible`.
+    #[cfg(test)]
     pub fn kind(&self) -> &'static str {
         match self {
             Self::NoCapableAgent { .. } => "no_capable_agent",
@@ -163,6 +166,7 @@ impl NoAgentReason {
     }
 
     /// The error reply for `concord.tasks.run`: `NO_ELIGIBLE_AGENT` with this message.
+    #[cfg(test)]
     pub fn to_error(&self) -> ServiceError {
         ServiceError::new(ErrorCode::NoEligibleAgent, self.to_string())
     }
