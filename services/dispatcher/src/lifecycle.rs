@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 use concord_wire::v1::{AgentOutput, TaskError};
 use serde_json::json;
 
+use concord_wire::v1::TaskStatus;
+
 use crate::backoff::{BackoffPolicy, retry_delay, should_retry};
-use crate::projection::{TaskEvent, from_wire_value, reason, to_wire_value, wire_json};
+use crate::projection::{
+    Finality, TaskEvent, TaskView, from_wire_value, reason, to_wire_value, wire_json,
+};
 
 /// Where a held task is in its life.
 #[derive(Debug)]
@@ -100,6 +104,53 @@ pub enum Cancel {
     /// It is cancelled now and becomes final; these agents were still
     /// working on it and must be told to stop.
     Cancelled { stop: Vec<String> },
+}
+
+/// What a valid submission becomes, given what the store holds for its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// A task never seen: recorded as submitted and queued.
+    New,
+    /// Cancelled while it waited in the intake stream (`tasks.cancel` queued
+    /// it): recorded as submitted, then cancelled, never run.
+    CancelledWhileWaiting { reason: String },
+    /// An unfinished task another holder left (a crash, a redelivery):
+    /// taken over with the attempts it has made.
+    Resume { attempts_run: u32 },
+    /// A dead-lettered task replayed by an operator (`Concord-Replay-Of`):
+    /// reopened with a fresh count of attempts.
+    Reopen,
+    /// Finished before: a duplicate submission, or this one redelivered
+    /// after a crash between commit and acknowledgement. Its result is
+    /// published again and the submission acknowledged.
+    AlreadyFinal,
+}
+
+/// The admission of a submission: `stored` is the task's stored view (none
+/// when the store has no row), `replay` whether it carries
+/// `Concord-Replay-Of`, `queued_cancellation` the reason of a cancellation
+/// queued for an id without a row.
+pub fn admission(
+    stored: Option<&TaskView>,
+    replay: bool,
+    queued_cancellation: Option<String>,
+) -> Admission {
+    match stored {
+        None => match queued_cancellation {
+            Some(reason) => Admission::CancelledWhileWaiting { reason },
+            None => Admission::New,
+        },
+        Some(view) if view.status.is_final() => {
+            if replay && view.status == TaskStatus::DeadLettered {
+                Admission::Reopen
+            } else {
+                Admission::AlreadyFinal
+            }
+        }
+        Some(view) => Admission::Resume {
+            attempts_run: view.attempts,
+        },
+    }
 }
 
 impl Attempt {

@@ -10,6 +10,7 @@ use concord_bus::service::header_map;
 use concord_store::NewDeadLetter;
 
 use super::{Engine, Held, Phase};
+use crate::lifecycle::{Admission, admission};
 use crate::projection::{Finality, TaskEvent, TaskView};
 use crate::submission::{self, Origin};
 use crate::task_spec::TaskSpec;
@@ -174,32 +175,23 @@ impl Engine {
                 intake.message = placeholder.message;
             }
             let view = stored.remove(&intake.spec.id);
-            match view {
-                Some(view) if view.status.is_final() => {
-                    if intake.replay_of.is_some()
-                        && view.status == concord_wire::v1::TaskStatus::DeadLettered
-                    {
-                        self.admit(intake, Some(view));
-                    } else {
-                        // Finished before: a duplicate submission, or our own
-                        // redelivered after a crash between commit and ack.
-                        self.metrics.duplicates.inc();
-                        crate::results::publish(&self.feed, &view.result(), true).await;
-                        self.ack_after_result(&intake.message).await;
-                    }
+            let queued = cancellations.remove(&intake.spec.id);
+            match admission(view.as_ref(), intake.replay_of.is_some(), queued) {
+                Admission::AlreadyFinal => {
+                    let view = view.expect("a final task is stored");
+                    self.metrics.duplicates.inc();
+                    crate::results::publish(&self.feed, &view.result(), true).await;
+                    self.ack_after_result(&intake.message).await;
                 }
-                None => match cancellations.remove(&intake.spec.id) {
-                    // Cancelled while it waited in the stream: recorded as
-                    // submitted and cancelled, never run.
-                    Some(reason) => {
-                        let id = intake.spec.id.clone();
-                        self.admit(intake, None);
-                        let (reply, _) = tokio::sync::oneshot::channel();
-                        self.cancel(&id, &reason, reply).await;
-                    }
-                    None => self.admit(intake, None),
-                },
-                other => self.admit(intake, other),
+                Admission::CancelledWhileWaiting { reason } => {
+                    let id = intake.spec.id.clone();
+                    self.admit(intake, None);
+                    let (reply, _) = tokio::sync::oneshot::channel();
+                    self.cancel(&id, &reason, reply).await;
+                }
+                Admission::New | Admission::Resume { .. } | Admission::Reopen => {
+                    self.admit(intake, view)
+                }
             }
         }
     }

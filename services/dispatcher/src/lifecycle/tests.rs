@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use concord_wire::v1::TaskError;
+use concord_wire::v1::{TaskError, TaskStatus};
 use serde_json::json;
 
 use super::*;
@@ -263,4 +263,59 @@ fn cancelling_a_finishing_task_waits_for_its_outcome() {
     let mut phase = Phase::Queued;
     assert_eq!(phase.cancel(true), Cancel::AnswerWhenFinal);
     assert!(matches!(phase, Phase::Queued));
+}
+
+fn stored(status: TaskStatus, attempts: u32) -> TaskView {
+    let task = concord_wire::v1::Task {
+        id: "t-1".into(),
+        capability: "echo".into(),
+        ..Default::default()
+    };
+    let mut view = TaskView::submitted(task, 1, chrono::Utc::now());
+    view.status = status;
+    view.attempts = attempts;
+    view
+}
+
+#[test]
+fn a_new_id_is_admitted_or_cancelled_if_a_cancellation_waited_for_it() {
+    assert_eq!(admission(None, false, None), Admission::New);
+    assert_eq!(
+        admission(None, false, Some("no longer needed".into())),
+        Admission::CancelledWhileWaiting {
+            reason: "no longer needed".into()
+        }
+    );
+}
+
+#[test]
+fn an_unfinished_stored_task_resumes_with_its_attempts() {
+    for status in [
+        TaskStatus::Pending,
+        TaskStatus::Assigned,
+        TaskStatus::Retrying,
+    ] {
+        assert_eq!(
+            admission(Some(&stored(status, 2)), false, None),
+            Admission::Resume { attempts_run: 2 }
+        );
+    }
+}
+
+#[test]
+fn only_a_replay_reopens_and_only_a_dead_lettered_task() {
+    let dead = stored(TaskStatus::DeadLettered, 3);
+    assert_eq!(admission(Some(&dead), true, None), Admission::Reopen);
+    assert_eq!(admission(Some(&dead), false, None), Admission::AlreadyFinal);
+    for status in [
+        TaskStatus::Completed,
+        TaskStatus::Cancelled,
+        TaskStatus::Failed,
+    ] {
+        assert_eq!(
+            admission(Some(&stored(status, 1)), true, None),
+            Admission::AlreadyFinal,
+            "{status:?}"
+        );
+    }
 }
