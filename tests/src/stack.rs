@@ -134,6 +134,25 @@ impl Stack {
         wait_for_directory_agent(&self.client, id).await;
     }
 
+    /// `nats req <root>.tasks.run '<json>'`: the task's final result, or
+    /// why not (the error reply).
+    pub async fn run(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<concord_wire::v1::TaskResult, concord_bus::ServiceError> {
+        let message = tokio::time::timeout(
+            WAIT,
+            self.client.client.request(
+                self.client.subjects.tasks_run(),
+                serde_json::to_vec(body).expect("JSON serializes").into(),
+            ),
+        )
+        .await
+        .expect("a reply in time")
+        .expect("a reply");
+        concord_bus::service::read_reply(&message)
+    }
+
     /// The dispatcher's counter `name` (without the `concord_` prefix).
     pub fn dispatcher_counter(&self, name: &str) -> u64 {
         crate::metric_counter(&self.dispatcher_metrics.encode(), name)

@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 trait Client {
     async fn submit(&self, body: &Value, msg_id: Option<&str>);
     async fn results(&self, task_id: &str) -> async_nats::Subscriber;
-    async fn run(&self, body: &Value) -> Result<TaskResult, concord_bus::ServiceError>;
     async fn get(&self, task_id: &str) -> TaskResult;
     async fn final_state(&self, task_id: &str) -> TaskResult;
 }
@@ -56,21 +55,6 @@ impl Client for Stack {
             .unwrap();
         self.client.client.flush().await.unwrap();
         subscriber
-    }
-
-    /// `nats req <root>.tasks.run '<json>'`.
-    async fn run(&self, body: &Value) -> Result<TaskResult, concord_bus::ServiceError> {
-        let message = tokio::time::timeout(
-            WAIT,
-            self.client.client.request(
-                self.client.subjects.tasks_run(),
-                serde_json::to_vec(body).unwrap().into(),
-            ),
-        )
-        .await
-        .expect("a reply in time")
-        .expect("a reply");
-        concord_bus::service::read_reply(&message)
     }
 
     async fn get(&self, task_id: &str) -> TaskResult {

@@ -3,28 +3,14 @@
 //! real stack: a lost row and a changed one are named, the rebuild puts
 //! both right.
 
-use std::time::Duration;
-
 use concord_dispatcher::projection_tool::differences;
 use concord_echo_agent::EchoAgent;
 use concord_tests::stack::{Stack, test_config};
 use concord_wire::v1::TaskStatus;
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(30);
-
 async fn run(stack: &Stack, body: serde_json::Value) -> Result<(), concord_bus::ServiceError> {
-    let message = tokio::time::timeout(
-        WAIT,
-        stack.client.client.request(
-            stack.client.subjects.tasks_run(),
-            serde_json::to_vec(&body).unwrap().into(),
-        ),
-    )
-    .await
-    .expect("a reply in time")
-    .expect("a reply");
-    concord_bus::service::read_reply::<concord_wire::v1::TaskResult>(&message).map(|_| ())
+    stack.run(&body).await.map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

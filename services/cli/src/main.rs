@@ -1,5 +1,6 @@
-//! `concord`: the operator CLI. Talks to the services over NATS and reads the
-//! event store, the task projection and dead letters in Postgres.
+//! `concord`: the operator CLI. Talks to the services over NATS (agents,
+//! tasks, dead letters) and reads the event store in Postgres (`events
+//! replay`); it imports no service crate.
 
 mod agents;
 mod dlq;
@@ -40,7 +41,7 @@ enum Command {
     /// Show, cancel and watch tasks (the dispatcher's endpoints).
     #[command(subcommand)]
     Task(tasks::TaskCommand),
-    /// Watch or replay events; rebuild or verify the task projection.
+    /// Watch live events or replay stored ones.
     #[command(subcommand)]
     Events(events::EventsCommand),
     /// Inspect, replay and purge dead letters.

@@ -21,7 +21,7 @@
 //! let payload = br#"{"agentId":"agent-7","inFlight":0}"#;
 //! let signed = key.sign(purpose::HEARTBEAT, "agent-7", 1_764_720_000_000, payload);
 //!
-//! let mut verifier = Verifier::default();
+//! let verifier = Verifier::default();
 //! verifier
 //!     .verify(&key.public_key_base64(), purpose::HEARTBEAT, payload, &signed.as_claim(), 1_764_720_001_000)
 //!     .unwrap();

@@ -113,12 +113,24 @@ impl Service {
         F: Fn(A, Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Reply, ServiceError>> + Send + 'static,
     {
+        self.add(group, name, bind(app, handler), false).await
+    }
+
+    async fn add(
+        &self,
+        group: &str,
+        name: &str,
+        handler: impl concord_bus::Handler,
+        traced: bool,
+    ) -> anyhow::Result<()> {
         let subject = self.context.bus.subjects.endpoint(group, name);
         let name = endpoint_name(group, name);
-        Ok(self
-            .host
-            .endpoint_untraced(&name, subject, bind(app, handler))
-            .await?)
+        if traced {
+            self.host.endpoint(&name, subject, handler).await?;
+        } else {
+            self.host.endpoint_untraced(&name, subject, handler).await?;
+        }
+        Ok(())
     }
 
     /// Keeps `directory` a copy of the registry's published directory (the
