@@ -17,7 +17,7 @@ pub(crate) mod identity;
 pub mod liveness;
 pub(crate) mod reputation;
 pub(crate) mod store;
-pub mod validate;
+pub(crate) mod validate;
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 

@@ -281,16 +281,6 @@ pub fn validate_heartbeat(
     })
 }
 
-/// Whether `s` may be used where it becomes one NATS subject token: ASCII
-/// letters, digits, `-` and `_`, at least one, at most `max_chars`.
-pub fn is_subject_token(s: &str, max_chars: usize) -> bool {
-    !s.is_empty() && s.len() <= max_chars && s.bytes().all(is_token_byte)
-}
-
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
-}
-
 fn validate_capabilities(
     capabilities: &[Capability],
     limits: &Limits,
@@ -1003,13 +993,5 @@ mod tests {
         let mut allowed = many;
         allowed.pop_first();
         assert!(beat(&hb(|h| h.performance = allowed)).is_ok());
-    }
-
-    #[test]
-    fn subject_token_helper() {
-        assert!(is_subject_token("agent-1_X", 64));
-        assert!(!is_subject_token("", 64));
-        assert!(!is_subject_token("abc", 2));
-        assert!(!is_subject_token("a.b", 64));
     }
 }
