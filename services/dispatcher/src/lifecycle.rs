@@ -153,6 +153,36 @@ pub fn admission(
     }
 }
 
+/// What a queued task that found no agent to take it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAgent {
+    /// Stay queued (an agent may free up or appear).
+    Wait,
+    /// End in the dead-letter store, reason `no_eligible_agent`.
+    GiveUp,
+}
+
+/// A queued task found no agent at `now`. `only_busy`: capable agents exist
+/// but are all at capacity, which is worth waiting for however long it
+/// takes. Otherwise (none capable, healthy, or with a closed breaker) it
+/// waits `wait` counted both from `none_since` (since when its capability,
+/// or its targets, had no eligible agent) and from `queued_at`, so neither a
+/// task that just arrived nor one whose agents just left is given up at once.
+pub fn without_agent(
+    only_busy: bool,
+    none_since: Instant,
+    queued_at: Instant,
+    wait: Duration,
+    now: Instant,
+) -> NoAgent {
+    let waited = |since: Instant| now.saturating_duration_since(since) >= wait;
+    if only_busy || !waited(none_since) || !waited(queued_at) {
+        NoAgent::Wait
+    } else {
+        NoAgent::GiveUp
+    }
+}
+
 impl Attempt {
     /// Attempt `number` sent to `agents` at `now`, with `lease` to answer.
     pub fn start(number: u32, agents: &[String], lease: Duration, now: Instant) -> Self {

@@ -20,7 +20,7 @@ use super::{Engine, Phase, Timer};
 
 /// Most capable agents one routing decision considers (see `Engine::route`).
 pub const ROUTING_WINDOW: usize = 64;
-use crate::lifecycle::Attempt;
+use crate::lifecycle::{Attempt, NoAgent, without_agent};
 use crate::metrics::Stage;
 use crate::projection::{TaskEvent, reason};
 use concord_wire::v1::RoutingStrategy;
@@ -88,18 +88,21 @@ impl Engine {
                     self.start_attempt(&task_id, agents).await;
                 }
                 RouteDecision::NoEligibleAgent { reason } => {
-                    if waits_for_capacity(&reason) {
-                        self.no_agent_since.remove(capability);
-                        return;
-                    }
                     let now = Instant::now();
-                    let since = *self
-                        .no_agent_since
-                        .entry(capability.to_string())
-                        .or_insert(now);
+                    let only_busy = waits_for_capacity(&reason);
+                    let since = if only_busy {
+                        self.no_agent_since.remove(capability);
+                        now
+                    } else {
+                        *self
+                            .no_agent_since
+                            .entry(capability.to_string())
+                            .or_insert(now)
+                    };
                     let queued_at = self.tasks[&task_id].queued_at;
-                    let wait = self.config.no_agent_wait;
-                    if now.duration_since(since) >= wait && now.duration_since(queued_at) >= wait {
+                    let verdict =
+                        without_agent(only_busy, since, queued_at, self.config.no_agent_wait, now);
+                    if verdict == NoAgent::GiveUp {
                         self.pop(capability);
                         self.give_up(
                             &task_id,
@@ -146,9 +149,12 @@ impl Engine {
                     self.start_attempt(&task_id, agents).await;
                 }
                 RouteDecision::NoEligibleAgent { reason } => {
+                    // A targeted task's agents are its own: the wait counts
+                    // from when it was queued.
                     let queued_at = self.tasks[&task_id].queued_at;
-                    if !waits_for_capacity(&reason)
-                        && now.duration_since(queued_at) >= self.config.no_agent_wait
+                    let only_busy = waits_for_capacity(&reason);
+                    let wait = self.config.no_agent_wait;
+                    if without_agent(only_busy, queued_at, queued_at, wait, now) == NoAgent::GiveUp
                     {
                         self.targeted.remove(&key);
                         self.give_up(

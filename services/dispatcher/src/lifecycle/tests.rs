@@ -319,3 +319,41 @@ fn only_a_replay_reopens_and_only_a_dead_lettered_task() {
         );
     }
 }
+
+#[test]
+fn a_task_waits_for_busy_agents_however_long_it_takes() {
+    let t0 = Instant::now();
+    let wait = Duration::from_secs(5);
+    let much_later = t0 + Duration::from_secs(3_600);
+    assert_eq!(without_agent(true, t0, t0, wait, much_later), NoAgent::Wait);
+}
+
+#[test]
+fn without_an_eligible_agent_a_task_waits_then_gives_up() {
+    let t0 = Instant::now();
+    let wait = Duration::from_secs(5);
+    assert_eq!(
+        without_agent(false, t0, t0, wait, t0 + Duration::from_secs(4)),
+        NoAgent::Wait
+    );
+    assert_eq!(
+        without_agent(false, t0, t0, wait, t0 + wait),
+        NoAgent::GiveUp
+    );
+    // Queued long ago, but its capability lost its agents only now: waits.
+    let lost = t0 + Duration::from_secs(60);
+    assert_eq!(
+        without_agent(false, lost, t0, wait, lost + Duration::from_secs(1)),
+        NoAgent::Wait
+    );
+    assert_eq!(
+        without_agent(false, lost, t0, wait, lost + wait),
+        NoAgent::GiveUp
+    );
+    // Just queued behind a capability without agents for a while: waits too.
+    let queued = t0 + Duration::from_secs(60);
+    assert_eq!(
+        without_agent(false, t0, queued, wait, queued + Duration::from_secs(1)),
+        NoAgent::Wait
+    );
+}
