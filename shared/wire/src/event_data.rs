@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 /// One JSON value as compact text (see the [module docs](self)).
 ///
 /// ```
-/// use concord_store::EventData;
+/// use concord_wire::event_data::EventData;
 ///
 /// let data = EventData::of(&serde_json::json!({"attempt": 1})).unwrap();
 /// assert_eq!(data.get(), r#"{"attempt":1}"#);
