@@ -11,7 +11,7 @@ use concord_store::NewDeadLetter;
 
 use super::{Engine, Held, Phase};
 use crate::lifecycle::{Admission, admission};
-use crate::projection::{Finality, TaskEvent, TaskView};
+use crate::projection::{TaskEvent, TaskView};
 use crate::submission::{self, Origin};
 use crate::task_spec::TaskSpec;
 
@@ -93,7 +93,7 @@ impl Engine {
             };
             if new {
                 self.metrics.lookups_skipped.inc();
-                self.admit(intake, None);
+                self.admit(intake, Admission::New, None);
             } else {
                 self.metrics.lookups.inc();
                 lookups.push(intake);
@@ -185,19 +185,20 @@ impl Engine {
                 }
                 Admission::CancelledWhileWaiting { reason } => {
                     let id = intake.spec.id.clone();
-                    self.admit(intake, None);
+                    self.admit(intake, Admission::New, None);
                     let (reply, _) = tokio::sync::oneshot::channel();
                     self.cancel(&id, &reason, reply).await;
                 }
-                Admission::New | Admission::Resume { .. } | Admission::Reopen => {
-                    self.admit(intake, view)
+                admitted @ (Admission::New | Admission::Resume { .. } | Admission::Reopen) => {
+                    self.admit(intake, admitted, view)
                 }
             }
         }
     }
 
-    /// Holds a task: new (`stored` is None), resumed, or replayed.
-    fn admit(&mut self, intake: Intake, stored: Option<TaskView>) {
+    /// Holds a task as `admission` decided: new (`stored` is None), resumed
+    /// with its attempts, or reopened with none.
+    fn admit(&mut self, intake: Intake, admission: Admission, stored: Option<TaskView>) {
         let Intake {
             spec,
             message,
@@ -206,35 +207,33 @@ impl Engine {
         } = intake;
         let id = spec.id.clone();
         self.known.insert(&id);
-        match stored {
-            None => {
-                // `record` replaces the empty view with the submitted task's.
-                let task = spec.to_task();
-                let view = TaskView::submitted(Default::default(), 0, chrono::Utc::now());
-                let held = new_held(spec, message, view, Phase::Queued, received);
-                self.tasks.insert(id.clone(), held);
-                self.record(&id, TaskEvent::Submitted { task });
-                self.metrics.submitted.inc();
-            }
-            Some(view) => {
-                let persisted = view.last_sequence;
-                let resumed_attempts = view.attempts;
-                let replay = view.status.is_final();
-                let mut held = new_held(spec, message, view, Phase::Queued, received);
-                held.persisted = persisted;
-                held.attempts_run = if replay { 0 } else { resumed_attempts };
-                self.tasks.insert(id.clone(), held);
-                if replay {
-                    self.record(
-                        &id,
-                        TaskEvent::Resubmitted {
-                            dead_letter_id: replay_of.unwrap_or_default(),
-                        },
-                    );
-                } else {
-                    self.metrics.resumed.inc();
-                }
-            }
+        let Some(view) = stored else {
+            // `record` replaces the empty view with the submitted task's.
+            let task = spec.to_task();
+            let view = TaskView::submitted(Default::default(), 0, chrono::Utc::now());
+            let held = new_held(spec, message, view, Phase::Queued, received);
+            self.tasks.insert(id.clone(), held);
+            self.record(&id, TaskEvent::Submitted { task });
+            self.metrics.submitted.inc();
+            self.enqueue(&id);
+            return;
+        };
+        let persisted = view.last_sequence;
+        let mut held = new_held(spec, message, view, Phase::Queued, received);
+        held.persisted = persisted;
+        if let Admission::Resume { attempts_run } = admission {
+            held.attempts_run = attempts_run;
+        }
+        self.tasks.insert(id.clone(), held);
+        if admission == Admission::Reopen {
+            self.record(
+                &id,
+                TaskEvent::Resubmitted {
+                    dead_letter_id: replay_of.unwrap_or_default(),
+                },
+            );
+        } else {
+            self.metrics.resumed.inc();
         }
         self.enqueue(&id);
     }
