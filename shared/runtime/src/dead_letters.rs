@@ -13,10 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EventPublisher;
 
-/// Reason recorded for requests refused because of their content.
-pub const REASON_INVALID_INPUT: &str = concord_wire::codes::INVALID_INPUT;
-/// Reason recorded for requests refused for their signature (`PERMISSION_DENIED`).
-pub const REASON_PERMISSION_DENIED: &str = concord_wire::codes::PERMISSION_DENIED;
+use concord_wire::codes::{INVALID_INPUT, PERMISSION_DENIED};
 
 /// How long [`DeadLetterKeeper::keep_retrying`] waits between tries.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -24,8 +21,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// The dead-letter reason of a refused request.
 pub fn reason_of(error: &concord_bus::ServiceError) -> &'static str {
     match error.code {
-        concord_wire::v1::ErrorCode::PermissionDenied => REASON_PERMISSION_DENIED,
-        _ => REASON_INVALID_INPUT,
+        concord_wire::v1::ErrorCode::PermissionDenied => PERMISSION_DENIED,
+        _ => INVALID_INPUT,
     }
 }
 
@@ -95,7 +92,7 @@ impl DeadLetterKeeper {
 }
 
 /// The dead letter of a request the service host refused.
-pub fn refused_letter(rejected: Rejected) -> NewDeadLetter {
+fn refused_letter(rejected: Rejected) -> NewDeadLetter {
     NewDeadLetter {
         id: uuid::Uuid::now_v7(),
         reason: reason_of(&rejected.error).to_string(),
@@ -150,7 +147,7 @@ mod tests {
             error: ServiceError::invalid("id", "must be a string"),
         };
         let letter = refused_letter(rejected);
-        assert_eq!(letter.reason, REASON_INVALID_INPUT);
+        assert_eq!(letter.reason, INVALID_INPUT);
         assert_eq!(letter.subject, "concord.registry.register");
         assert_eq!(letter.payload, b"{\"id\":1}");
         assert_eq!(letter.source, "concord-registry");
@@ -161,10 +158,7 @@ mod tests {
     #[test]
     fn a_bad_signature_is_kept_as_permission_denied() {
         let error = ServiceError::new(ErrorCode::PermissionDenied, "signature does not verify");
-        assert_eq!(reason_of(&error), REASON_PERMISSION_DENIED);
-        assert_eq!(
-            reason_of(&ServiceError::not_found("x")),
-            REASON_INVALID_INPUT
-        );
+        assert_eq!(reason_of(&error), PERMISSION_DENIED);
+        assert_eq!(reason_of(&ServiceError::not_found("x")), INVALID_INPUT);
     }
 }

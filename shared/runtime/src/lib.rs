@@ -34,9 +34,6 @@ mod service;
 
 pub use background::{Background, for_each_until};
 pub use context::{ServiceContext, ServiceInfo, StartupError, run_service};
-pub use dead_letters::{
-    DeadLetterKeeper, REASON_INVALID_INPUT, REASON_PERMISSION_DENIED, StoreRejectSink, reason_of,
-    refused_letter,
-};
+pub use dead_letters::{DeadLetterKeeper, StoreRejectSink, reason_of};
 pub use events::{EmitError, EventPublisher, event_json, publish as publish_events};
 pub use service::Service;

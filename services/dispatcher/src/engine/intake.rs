@@ -254,7 +254,7 @@ impl Engine {
             subject: message.subject.to_string(),
             headers: header_map(message.headers.as_ref()),
             payload: message.payload.to_vec(),
-            reason: concord_runtime::REASON_INVALID_INPUT.to_string(),
+            reason: concord_wire::codes::INVALID_INPUT.to_string(),
             error: error.message.clone(),
             attempts: 1,
             source: self.events.source().to_string(),
