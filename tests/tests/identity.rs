@@ -11,7 +11,7 @@ use std::time::Duration;
 use concord_bus::{Bus, BusConfig, ServiceError, Shutdown};
 use concord_identity::{AgentKey, SIGNATURE, SIGNED_AT, SIGNER, purpose};
 use concord_registry::RegistryConfig;
-use concord_registry::clock::ManualClock;
+use concord_runtime::ManualClock;
 use concord_sdk::{AgentConfig, AgentError};
 use concord_store::{DeadLetterFilter, EventStore};
 use concord_tests::{RunningRegistry, Stack, World, metric_counter};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use concord_bus::{Bus, ServiceError};
 use concord_registry::RegistryConfig;
-use concord_registry::clock::ManualClock;
+use concord_runtime::ManualClock;
 use concord_store::{DeadLetterFilter, EventStore};
 use concord_tests::{RunningRegistry, World};
 use concord_wire::v1::{

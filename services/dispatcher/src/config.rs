@@ -1,8 +1,10 @@
 //! Dispatcher settings: flags (each also a `CONCORD_*` environment variable)
 //! and the validated configuration built from them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use concord_runtime::{Clock, SystemClock};
 use concord_wire::v1::RoutingStrategy;
 
 use crate::backoff::BackoffPolicy;
@@ -120,6 +122,8 @@ pub struct DispatcherConfig {
     pub event_delay: Duration,
     /// Cadence of the housekeeping tick (deferred events, waits, ack extensions).
     pub tick: Duration,
+    /// The time the engine acts on: the system clock, or a manual one in tests.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for DispatcherConfig {
@@ -184,6 +188,7 @@ impl DispatcherConfig {
             max_held: args.max_held,
             event_delay: Duration::from_millis(50),
             tick: Duration::from_millis(25),
+            clock: Arc::new(SystemClock),
         })
     }
 }

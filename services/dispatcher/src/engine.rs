@@ -15,6 +15,7 @@
 //! answers come back as inputs.
 
 mod assign;
+mod effects;
 mod intake;
 mod outcome;
 
@@ -28,7 +29,7 @@ use async_nats::Subscriber;
 use async_nats::jetstream;
 use concord_bus::Bus;
 use concord_directory::SharedDirectory;
-use concord_runtime::EventPublisher;
+use concord_runtime::{Clock, EventPublisher};
 use concord_store::{NewDeadLetter, NewEvent};
 use concord_wire::v1::TaskResult;
 use futures::StreamExt;
@@ -40,7 +41,7 @@ use crate::agents::Loads;
 use crate::breaker::Breakers;
 use crate::config::DispatcherConfig;
 use crate::known_ids::{Bloom, KnownIds};
-use crate::lifecycle::Phase;
+use crate::lifecycle::{Input, Task, Wake};
 use crate::metrics::Metrics;
 use crate::performance::Performance;
 use crate::projection::{AGGREGATE, TaskEvent, TaskView};
@@ -100,6 +101,9 @@ pub struct Parts {
     /// shutdown waits for it.
     pub background: concord_runtime::Background,
     pub dead_letters: concord_runtime::DeadLetterKeeper,
+    /// Every moment the engine acts on (leases, delays, deadlines, stage
+    /// timings) comes from here.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// A submission this replica holds.
@@ -114,15 +118,8 @@ struct Held {
     /// A write of this task is in flight (at most one at a time).
     writing: bool,
     dead_letter: Option<NewDeadLetter>,
-    phase: Phase,
-    /// Attempts counted against `max_attempts` (reset by a dead-letter replay).
-    attempts_run: u32,
-    /// Agents that failed this task (avoided by later attempts when possible).
-    avoid: Vec<String>,
-    /// What every attempt did, for the dead letter.
-    history: Vec<serde_json::Value>,
-    /// When it entered its queue.
-    queued_at: Instant,
+    /// Its lifecycle: phase, attempts, agents to avoid, history.
+    life: Task,
     /// When it was last extended (or delivered), for JetStream's ack wait.
     extended_at: Instant,
     waiters: Vec<oneshot::Sender<Option<TaskResult>>>,
@@ -131,12 +128,6 @@ struct Held {
     stage_since: Option<Instant>,
     /// The final result's JSON, encoded for the last write.
     result_json: Option<bytes::Bytes>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    Lease { task_id: String, attempt: u32 },
-    Backoff { task_id: String, attempt: u32 },
 }
 
 /// A finished load of the known ids: its generation and the filter.
@@ -178,7 +169,8 @@ pub struct Engine {
     windows: HashMap<String, String>,
     /// Since when each capability has had no eligible agent (busy does not count).
     no_agent_since: HashMap<String, Instant>,
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Tasks' timers (lease checks, retry delays), soonest first.
+    timers: BinaryHeap<Reverse<(Instant, String, Wake)>>,
     /// Tasks with events not yet written, oldest first.
     deferred: VecDeque<(Instant, String)>,
     looked: (
@@ -198,6 +190,7 @@ pub struct Engine {
     /// No new load of the known ids before then (after a failure).
     known_retry_at: Instant,
     started: Instant,
+    clock: Arc<dyn Clock>,
     rng: u64,
 }
 
@@ -205,10 +198,10 @@ impl Engine {
     pub fn new(parts: Parts) -> anyhow::Result<Self> {
         let router = Router::new(parts.config.default_strategy, parts.config.weights)?;
         let breakers = Breakers::new(parts.config.breaker);
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        // Jitter only needs to differ between replicas and restarts.
+        let seed = (parts.clock.now().timestamp_nanos_opt().unwrap_or(0) as u64)
+            ^ 0x9e37_79b9_7f4a_7c15;
+        let now = parts.clock.instant();
         Ok(Self {
             config: parts.config,
             bus: parts.bus,
@@ -227,7 +220,7 @@ impl Engine {
             router,
             breakers,
             performance: Performance::default(),
-            pruned_at: Instant::now(),
+            pruned_at: now,
             tasks: IdMap::default(),
             queues: HashMap::new(),
             targeted: BTreeMap::new(),
@@ -242,8 +235,9 @@ impl Engine {
             lookup_running: false,
             known: KnownIds::new(),
             known_loaded: mpsc::unbounded_channel(),
-            known_retry_at: Instant::now(),
-            started: Instant::now(),
+            known_retry_at: now,
+            started: now,
+            clock: parts.clock,
             rng: seed | 1,
         })
     }
@@ -260,15 +254,15 @@ impl Engine {
             let next_timer = self
                 .timers
                 .peek()
-                .map(|Reverse((at, _))| *at)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                .map(|Reverse((at, _, _))| *at)
+                .unwrap_or_else(|| self.clock.instant() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 Some(written) = inputs.written.recv() => self.on_written(written).await,
                 Some(message) = inputs.replies.next() => self.on_reply(message).await,
                 Some(looked) = self.looked.1.recv() => self.on_looked(looked).await,
-                Some(message) = inputs.progress.next() => self.on_progress(message),
+                Some(message) = inputs.progress.next() => self.on_progress(message).await,
                 Some(command) = inputs.commands.recv() => self.on_command(command).await,
                 Some(batch) = inputs.pulled.recv() => self.on_pulled(batch).await,
                 Some(message) = inputs.known_feed.next() => self.on_known_event(&message),
@@ -301,12 +295,12 @@ impl Engine {
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
         let mut handed = 0usize;
         for id in ids {
-            let is_final = matches!(self.tasks[&id].phase, Phase::Final);
+            let is_final = self.tasks[&id].life.is_final();
             if is_final {
                 continue;
             }
             if let Some(held) = self.tasks.remove(&id) {
-                for agent in held.phase.working_agents() {
+                for agent in held.life.working_agents() {
                     self.loads.adjust_own(&agent, -1);
                     self.breakers.release_probe(&agent);
                 }
@@ -333,7 +327,10 @@ impl Engine {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock
+            .instant()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64
     }
 
     /// A uniform sample in 0..1 (xorshift; jitter needs no more).
@@ -367,7 +364,7 @@ impl Engine {
         }
         if held.pending.is_empty() && !held.writing {
             self.deferred
-                .push_back((Instant::now(), task_id.to_string()));
+                .push_back((self.clock.instant(), task_id.to_string()));
         }
         held.pending.push(stored);
     }
@@ -383,13 +380,13 @@ impl Engine {
         }
         held.writing = true;
         let events = std::mem::take(&mut held.pending);
-        let dead_letter = if matches!(held.phase, Phase::Final) {
+        let dead_letter = if held.life.is_final() {
             held.dead_letter.take()
         } else {
             None
         };
         let write = TaskWrite::new(&held.view, held.persisted, events);
-        if matches!(held.phase, Phase::Final) {
+        if held.life.is_final() {
             // Published as is once this write lands.
             held.result_json = Some(write.row.result.clone());
         }
@@ -401,9 +398,9 @@ impl Engine {
 
     /// Writes the events of tasks that have waited `event_delay` (or all).
     fn flush_deferred(&mut self, all: bool) {
-        let now = Instant::now();
+        let now = self.clock.instant();
         while let Some((since, _)) = self.deferred.front() {
-            if !all && now.duration_since(*since) < self.config.event_delay {
+            if !all && now.saturating_duration_since(*since) < self.config.event_delay {
                 break;
             }
             let (_, task_id) = self.deferred.pop_front().expect("peeked");
@@ -413,7 +410,7 @@ impl Engine {
 
     fn on_tick(&mut self) {
         self.flush_deferred(false);
-        if self.known.wants_load() && Instant::now() >= self.known_retry_at {
+        if self.known.wants_load() && self.clock.instant() >= self.known_retry_at {
             self.load_known(false);
         }
         // Re-try every queue: agents may have appeared, heartbeats may show
@@ -424,7 +421,7 @@ impl Engine {
             }
         }
         self.targeted_dirty |= !self.targeted.is_empty();
-        if self.pruned_at.elapsed() >= PRUNE_EVERY {
+        if self.clock.instant().saturating_duration_since(self.pruned_at) >= PRUNE_EVERY {
             self.forget_departed_agents();
         }
         self.metrics.queued.set(
@@ -436,7 +433,7 @@ impl Engine {
     /// Drops the performance figures and breakers of agents no longer in the
     /// directory, so that their memory is bounded by the live fleet.
     fn forget_departed_agents(&mut self) {
-        self.pruned_at = Instant::now();
+        self.pruned_at = self.clock.instant();
         let directory = self.directory.read().expect("directory lock");
         self.performance
             .retain(|agent| directory.get(agent).is_some());
@@ -470,7 +467,7 @@ impl Engine {
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "cannot load the known task ids; every submission is looked up until they load");
                 self.known.load_failed(generation);
-                self.known_retry_at = Instant::now() + Duration::from_secs(1);
+                self.known_retry_at = self.clock.instant() + Duration::from_secs(1);
             }
         }
         self.metrics.known_ids_bytes.set(self.known.bytes() as i64);
@@ -522,10 +519,10 @@ impl Engine {
 
     /// Tells JetStream that long-held submissions are still being worked on.
     async fn extend_acks(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let threshold = self.config.ack_wait / 3;
         for held in self.tasks.values_mut() {
-            if now.duration_since(held.extended_at) >= threshold {
+            if now.saturating_duration_since(held.extended_at) >= threshold {
                 held.extended_at = now;
                 concord_bus::jetstream::in_progress(&held.message).await;
             }
@@ -533,23 +530,13 @@ impl Engine {
     }
 
     async fn on_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(Reverse((at, _))) = self.timers.peek() {
+        let now = self.clock.instant();
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
             if *at > now {
                 break;
             }
-            let Reverse((_, timer)) = self.timers.pop().expect("peeked");
-            match timer {
-                Timer::Lease { task_id, attempt } => self.on_lease_timer(&task_id, attempt).await,
-                Timer::Backoff { task_id, attempt } => {
-                    if let Some(held) = self.tasks.get(&task_id)
-                        && matches!(held.phase, Phase::Backoff)
-                        && held.view.attempts + 1 == attempt
-                    {
-                        self.enqueue(&task_id);
-                    }
-                }
-            }
+            let Reverse((_, task_id, wake)) = self.timers.pop().expect("peeked");
+            self.step(&task_id, Input::Woke(wake)).await;
         }
     }
 

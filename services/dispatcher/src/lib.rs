@@ -198,6 +198,7 @@ pub async fn build_with(
         metrics,
         background: service.background(),
         dead_letters: context.dead_letter_keeper(),
+        clock: config.clock.clone(),
     })?;
     let inputs = engine::Inputs {
         pulled: pulled_rx,

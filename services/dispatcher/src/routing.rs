@@ -152,6 +152,29 @@ impl Router {
         }
     }
 
+    /// Routes `task` like [`Router::route`], avoiding the agents in `avoid`
+    /// (they failed it) when another candidate can take it: a retry goes to
+    /// another agent even with a strategy that would pick the same one,
+    /// and comes back to a failed agent only when nobody else can take it.
+    pub fn route_avoiding(
+        &mut self,
+        task: &TaskSpec,
+        candidates: &[Candidate<'_>],
+        avoid: &[String],
+    ) -> RouteDecision {
+        if !avoid.is_empty() {
+            let fresh: Vec<Candidate<'_>> = candidates
+                .iter()
+                .filter(|c| !avoid.iter().any(|a| a == c.id()))
+                .copied()
+                .collect();
+            if let decision @ RouteDecision::Assign(_) = self.route(task, &fresh) {
+                return decision;
+            }
+        }
+        self.route(task, candidates)
+    }
+
     /// Chooses the agent(s) for `task` among `candidates` (ids unique).
     ///
     /// Only ROUND_ROBIN changes the router: it advances the capability's

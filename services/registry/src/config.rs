@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{Clock, SystemClock};
+use concord_runtime::{Clock, SystemClock};
 use crate::liveness::LivenessPolicy;
 
 /// Command-line / environment settings of the registry.

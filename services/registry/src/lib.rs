@@ -10,7 +10,6 @@
 //! `<ROOT>_AGENTS` for other services to watch. See docs/PROTOCOL.md.
 
 pub mod app;
-pub mod clock;
 pub mod config;
 pub(crate) mod handlers;
 pub(crate) mod identity;

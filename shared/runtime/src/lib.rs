@@ -27,12 +27,14 @@
 //! services run in-process against the test's own NATS and database.
 
 mod background;
+pub mod clock;
 mod context;
 mod dead_letters;
 mod events;
 mod service;
 
 pub use background::{Background, for_each_until};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{ServiceContext, ServiceInfo, StartupError, run_service};
 pub use dead_letters::{DeadLetterKeeper, StoreRejectSink, reason_of};
 pub use events::{EmitError, EventPublisher, event_json, publish as publish_events};

@@ -9,39 +9,29 @@
 //! for `no_agent_wait` dead-letters the tasks that waited that long.
 
 use std::cmp::Reverse;
-use std::time::Instant;
 
-use async_nats::HeaderMap;
-use concord_bus::headers;
-use concord_wire::codec::{self, ContentType};
-use concord_wire::v1::TaskAssignment;
+use concord_wire::v1::RoutingStrategy;
 
-use super::{Engine, Phase, Timer};
+use super::Engine;
+use crate::lifecycle::{Input, NoAgent, without_agent};
+use crate::routing::{NoAgentReason, RouteDecision};
 
 /// Most capable agents one routing decision considers (see `Engine::route`).
 pub const ROUTING_WINDOW: usize = 64;
-use crate::lifecycle::{Attempt, NoAgent, without_agent};
-use crate::metrics::Stage;
-use crate::projection::{TaskEvent, reason};
-use concord_wire::v1::RoutingStrategy;
-
-use crate::routing::{Candidate, NoAgentReason, RouteDecision};
 
 impl Engine {
-    /// Puts a held task in line for an agent.
+    /// Puts a held task (its lifecycle queued it) in its queue.
     pub(super) fn enqueue(&mut self, task_id: &str) {
-        let Some(held) = self.tasks.get_mut(task_id) else {
+        let Some(held) = self.tasks.get(task_id) else {
             return;
         };
-        held.phase = Phase::Queued;
-        held.queued_at = Instant::now();
-        let capability = held.spec.capability.clone();
+        let capability = &held.spec.capability;
         if held.spec.targets.is_empty() {
             self.queues
                 .entry(capability.clone())
                 .or_default()
                 .push(held.spec.priority, task_id.to_string());
-            self.dirty.insert(capability);
+            self.dirty.insert(capability.clone());
         } else {
             self.targeted.insert(
                 (Reverse(held.spec.priority), held.spec.sequence),
@@ -72,15 +62,11 @@ impl Engine {
             else {
                 return;
             };
-            let queued = self
-                .tasks
-                .get(&task_id)
-                .is_some_and(|held| matches!(held.phase, Phase::Queued));
-            if !queued {
+            let Some(queued_at) = self.queued_since(&task_id) else {
                 // Cancelled or already started through a second entry.
                 self.pop(capability);
                 continue;
-            }
+            };
             match self.route(&task_id) {
                 RouteDecision::Assign(agents) => {
                     self.pop(capability);
@@ -88,7 +74,7 @@ impl Engine {
                     self.start_attempt(&task_id, agents).await;
                 }
                 RouteDecision::NoEligibleAgent { reason } => {
-                    let now = Instant::now();
+                    let now = self.clock.instant();
                     let only_busy = waits_for_capacity(&reason);
                     let since = if only_busy {
                         self.no_agent_since.remove(capability);
@@ -99,17 +85,12 @@ impl Engine {
                             .entry(capability.to_string())
                             .or_insert(now)
                     };
-                    let queued_at = self.tasks[&task_id].queued_at;
                     let verdict =
                         without_agent(only_busy, since, queued_at, self.config.no_agent_wait, now);
                     if verdict == NoAgent::GiveUp {
                         self.pop(capability);
-                        self.give_up(
-                            &task_id,
-                            reason::NO_ELIGIBLE_AGENT,
-                            reason.to_string(),
-                            None,
-                        );
+                        let reason = reason.to_string();
+                        self.step(&task_id, Input::NoAgent { reason }).await;
                         continue;
                     }
                     return;
@@ -133,16 +114,12 @@ impl Engine {
             .iter()
             .map(|(key, id)| (*key, id.clone()))
             .collect();
-        let now = Instant::now();
+        let now = self.clock.instant();
         for (key, task_id) in entries {
-            let queued = self
-                .tasks
-                .get(&task_id)
-                .is_some_and(|held| matches!(held.phase, Phase::Queued));
-            if !queued {
+            let Some(queued_at) = self.queued_since(&task_id) else {
                 self.targeted.remove(&key);
                 continue;
-            }
+            };
             match self.route(&task_id) {
                 RouteDecision::Assign(agents) => {
                     self.targeted.remove(&key);
@@ -151,18 +128,13 @@ impl Engine {
                 RouteDecision::NoEligibleAgent { reason } => {
                     // A targeted task's agents are its own: the wait counts
                     // from when it was queued.
-                    let queued_at = self.tasks[&task_id].queued_at;
                     let only_busy = waits_for_capacity(&reason);
                     let wait = self.config.no_agent_wait;
                     if without_agent(only_busy, queued_at, queued_at, wait, now) == NoAgent::GiveUp
                     {
                         self.targeted.remove(&key);
-                        self.give_up(
-                            &task_id,
-                            reason::NO_ELIGIBLE_AGENT,
-                            reason.to_string(),
-                            None,
-                        );
+                        let reason = reason.to_string();
+                        self.step(&task_id, Input::NoAgent { reason }).await;
                     }
                 }
             }
@@ -195,7 +167,7 @@ impl Engine {
     fn route_window(&mut self, task_id: &str) -> (RouteDecision, usize) {
         let held = &self.tasks[task_id];
         let spec = &held.spec;
-        let avoid = &held.avoid;
+        let avoid = held.life.avoid();
         let now_ms = self.now_ms();
         let breakers = &self.breakers;
         let performance = &self.performance;
@@ -230,17 +202,7 @@ impl Engine {
                     candidate.breaker_open = breakers.is_open(candidate.id(), now_ms);
                     candidate.performance = performance.score(candidate.id());
                 }
-                if !avoid.is_empty() {
-                    let fresh: Vec<Candidate<'_>> = candidates
-                        .iter()
-                        .filter(|c| !avoid.iter().any(|a| a == c.id()))
-                        .copied()
-                        .collect();
-                    if let decision @ RouteDecision::Assign(_) = router.route(spec, &fresh) {
-                        return decision;
-                    }
-                }
-                router.route(spec, &candidates)
+                router.route_avoiding(spec, &candidates, avoid)
             },
         );
         if let Some(end) = window_end {
@@ -266,109 +228,21 @@ impl Engine {
         (decision, windows)
     }
 
-    /// Sends attempt `n + 1` to `agents`.
+    /// Whether the task waits in a queue, and since when.
+    fn queued_since(&self, task_id: &str) -> Option<std::time::Instant> {
+        self.tasks.get(task_id)?.life.queued_since()
+    }
+
+    /// Starts the next attempt on the agents routing picked, those whose
+    /// breaker still admits one (a half-open breaker's probe may have gone
+    /// meanwhile).
     async fn start_attempt(&mut self, task_id: &str, agents: Vec<String>) {
-        let now_unix_ms = chrono::Utc::now().timestamp_millis();
-        let Some(held) = self.tasks.get(task_id) else {
-            return;
-        };
-        if held.spec.deadline_passed(now_unix_ms) {
-            self.give_up(
-                task_id,
-                reason::DEADLINE_EXCEEDED,
-                "the task's deadline passed before it could be started".to_string(),
-                None,
-            );
-            return;
-        }
         let now_ms = self.now_ms();
         let agents: Vec<String> = agents
             .into_iter()
-            .filter(|agent| self.breakers.allow(agent, now_ms))
+            .filter(|agent| !self.breakers.is_open(agent, now_ms))
             .collect();
-        if agents.is_empty() {
-            // A half-open breaker's single probe is taken: try again later.
-            self.enqueue(task_id);
-            return;
-        }
-        let held = self.tasks.get_mut(task_id).expect("checked above");
-        let now = Instant::now();
-        if held.attempts_run == 0
-            && let Some(since) = held.stage_since
-        {
-            self.metrics.observe_stage(Stage::Intake, now - since);
-        }
-        held.stage_since = Some(now);
-        let attempt = held.view.attempts + 1;
-        held.attempts_run += 1;
-        let lease = std::time::Duration::from_millis(held.spec.timeout_ms);
-        let assignment = TaskAssignment {
-            task_id: task_id.to_string(),
-            attempt,
-            capability: held.spec.capability.clone(),
-            payload: held.spec.payload.clone(),
-            lease_ms: held.spec.timeout_ms,
-            deadline: held.spec.deadline,
-            labels: held.spec.labels.clone(),
-        };
-        let run = Attempt::start(attempt, &agents, lease, Instant::now());
-        let deadline = run.lease_deadline();
-        held.phase = Phase::Running(run);
-        self.record(
-            task_id,
-            TaskEvent::Assigned {
-                attempt,
-                agents: agents.clone(),
-            },
-        );
-        self.metrics.assigned.inc();
-        let payload: bytes::Bytes = codec::encode(ContentType::Json, &assignment)
-            .expect("assignments encode")
-            .into();
-        // The submitter's trace goes on to the agent: one task, one trace.
-        // A submission without one (a plain `nats pub`) gets a trace of its
-        // own, derived from the task id, so every attempt on every replica
-        // continues the same one.
-        let mut trace: Vec<(&str, String)> = [headers::TRACEPARENT, headers::TRACESTATE]
-            .into_iter()
-            .filter_map(|name| {
-                let held = &self.tasks[task_id];
-                headers::get(held.message.headers.as_ref(), name).map(|v| (name, v.to_string()))
-            })
-            .collect();
-        if trace.is_empty() {
-            trace.push((headers::TRACEPARENT, task_traceparent(task_id, attempt)));
-        }
-        for (index, agent) in agents.iter().enumerate() {
-            self.loads.adjust_own(agent, 1);
-            let mut headers = HeaderMap::new();
-            headers.insert(headers::CONTENT_TYPE, ContentType::Json.as_str());
-            for (name, value) in &trace {
-                headers.insert(*name, value.as_str());
-            }
-            let reply = format!("{}.{task_id}.{attempt}.{index}", self.inbox);
-            if let Err(error) = self
-                .bus
-                .client
-                .publish_with_reply_and_headers(
-                    self.bus.subjects.agent_tasks(agent),
-                    reply,
-                    headers,
-                    payload.clone(),
-                )
-                .await
-            {
-                // The lease expiry retries it.
-                tracing::warn!(%error, %task_id, agent_id = %agent, "cannot send assignment");
-            }
-        }
-        self.timers.push(Reverse((
-            deadline,
-            Timer::Lease {
-                task_id: task_id.to_string(),
-                attempt,
-            },
-        )));
+        self.step(task_id, Input::Routed { agents }).await;
     }
 }
 
@@ -376,7 +250,7 @@ impl Engine {
 /// the trace id is the first 16 bytes of SHA-256(`concord-task:` + task
 /// id), the same for every attempt and replica; the parent span id is the
 /// first 8 bytes of SHA-256(`concord-attempt:` + task id + `/` + attempt).
-pub(crate) fn task_traceparent(task_id: &str, attempt: u32) -> String {
+pub(super) fn task_traceparent(task_id: &str, attempt: u32) -> String {
     use sha2::{Digest, Sha256};
     let trace = Sha256::digest(format!("concord-task:{task_id}"));
     let span = Sha256::digest(format!("concord-attempt:{task_id}/{attempt}"));

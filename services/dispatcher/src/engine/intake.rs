@@ -8,9 +8,10 @@ use async_nats::jetstream;
 use concord_bus::headers;
 use concord_bus::service::header_map;
 use concord_store::NewDeadLetter;
+use concord_wire::v1::RoutingStrategy;
 
-use super::{Engine, Held, Phase};
-use crate::lifecycle::{Admission, admission};
+use super::{Engine, Held};
+use crate::lifecycle::{Admission, Arrival, Input, Phase, Task, admission, arrival};
 use crate::projection::{TaskEvent, TaskView};
 use crate::submission::{self, Origin};
 use crate::task_spec::TaskSpec;
@@ -38,7 +39,8 @@ const DEAD_LETTER_NAMESPACE: uuid::Uuid =
 impl Engine {
     pub(super) async fn on_pulled(&mut self, batch: Vec<jetstream::Message>) {
         let mut lookups: Vec<Intake> = Vec::new();
-        let now_ms = chrono::Utc::now().timestamp_millis();
+        let now_ms = self.clock.unix_ms();
+        let now = self.clock.instant();
         for message in batch {
             let Ok(info) = message.info() else {
                 // Not a JetStream delivery (cannot happen on a pull consumer).
@@ -65,38 +67,45 @@ impl Engine {
                 }
             };
             let replay_of = header(headers::REPLAY_OF).map(str::to_string);
-            if let Some(held) = self.tasks.get_mut(&spec.id) {
-                let held_sequence = held.message.info().map(|i| i.stream_sequence).ok();
-                if held_sequence == Some(sequence) {
-                    // Our own submission delivered again (its ack wait ran
-                    // out while we worked on it): answer on the newest delivery.
-                    held.message = message;
-                    held.extended_at = Instant::now();
-                } else {
-                    // Another submission of a task we hold: one task.
-                    self.metrics.duplicates.inc();
-                    concord_bus::jetstream::ack(&message).await;
-                }
-                continue;
-            }
-            // A first delivery with an id derived from its own stream position
-            // cannot be known to the store yet: skip the lookup.
-            let derived = header("Nats-Msg-Id").is_none() && spec.id_generated && delivered == 1;
-            // A first delivery of an id the store certainly does not hold
-            // (the known-ids filter) needs no lookup either.
-            let new = delivered == 1 && (derived || !self.known.may_be_known(&spec.id));
+            let held_at = self.tasks.get(&spec.id).map(|held| {
+                held.message
+                    .info()
+                    .map(|info| info.stream_sequence)
+                    .unwrap_or(0)
+            });
+            // An id derived from its own stream position is never known to
+            // the store on a first delivery; the known-ids filter answers
+            // for the others.
+            let from_position =
+                header("Nats-Msg-Id").is_none() && spec.id_generated && delivered == 1;
+            let known = &self.known;
+            let verdict = arrival(held_at, sequence, delivered == 1, from_position, || {
+                known.may_be_known(&spec.id)
+            });
             let intake = Intake {
                 spec,
                 message,
                 replay_of,
-                received: Instant::now(),
+                received: now,
             };
-            if new {
-                self.metrics.lookups_skipped.inc();
-                self.admit(intake, Admission::New, None);
-            } else {
-                self.metrics.lookups.inc();
-                lookups.push(intake);
+            match verdict {
+                Arrival::Redelivered => {
+                    let held = self.tasks.get_mut(&intake.spec.id).expect("held");
+                    held.message = intake.message;
+                    held.extended_at = now;
+                }
+                Arrival::Duplicate => {
+                    self.metrics.duplicates.inc();
+                    concord_bus::jetstream::ack(&intake.message).await;
+                }
+                Arrival::New => {
+                    self.metrics.lookups_skipped.inc();
+                    self.admit(intake, Admission::New, None).await;
+                }
+                Arrival::LookUp => {
+                    self.metrics.lookups.inc();
+                    lookups.push(intake);
+                }
             }
         }
         for intake in &lookups {
@@ -136,17 +145,15 @@ impl Engine {
     /// Marks a task id as taken while its lookup runs, so a second delivery
     /// of the same id in the meantime is recognised as a duplicate.
     fn hold_placeholder(&mut self, intake: &Intake) {
-        let view = TaskView::submitted(intake.spec.to_task(), 0, chrono::Utc::now());
-        self.tasks.insert(
-            intake.spec.id.clone(),
-            new_held(
-                intake.spec.clone(),
-                intake.message.clone(),
-                view,
-                Phase::Looking,
-                intake.received,
-            ),
+        let view = TaskView::submitted(intake.spec.to_task(), 0, self.clock.now());
+        let held = self.new_held(
+            intake.spec.clone(),
+            intake.message.clone(),
+            view,
+            0,
+            intake.received,
         );
+        self.tasks.insert(intake.spec.id.clone(), held);
     }
 
     pub(super) async fn on_looked(&mut self, (intakes, result): Looked) {
@@ -185,20 +192,20 @@ impl Engine {
                 }
                 Admission::CancelledWhileWaiting { reason } => {
                     let id = intake.spec.id.clone();
-                    self.admit(intake, Admission::New, None);
+                    self.admit(intake, Admission::New, None).await;
                     let (reply, _) = tokio::sync::oneshot::channel();
                     self.cancel(&id, &reason, reply).await;
                 }
                 admitted @ (Admission::New | Admission::Resume { .. } | Admission::Reopen) => {
-                    self.admit(intake, admitted, view)
+                    self.admit(intake, admitted, view).await
                 }
             }
         }
     }
 
     /// Holds a task as `admission` decided: new (`stored` is None), resumed
-    /// with its attempts, or reopened with none.
-    fn admit(&mut self, intake: Intake, admission: Admission, stored: Option<TaskView>) {
+    /// with its attempts, or reopened with none; then queues it.
+    async fn admit(&mut self, intake: Intake, admission: Admission, stored: Option<TaskView>) {
         let Intake {
             spec,
             message,
@@ -207,35 +214,34 @@ impl Engine {
         } = intake;
         let id = spec.id.clone();
         self.known.insert(&id);
-        let Some(view) = stored else {
-            // `record` replaces the empty view with the submitted task's.
-            let task = spec.to_task();
-            let view = TaskView::submitted(Default::default(), 0, chrono::Utc::now());
-            let held = new_held(spec, message, view, Phase::Queued, received);
-            self.tasks.insert(id.clone(), held);
-            self.record(&id, TaskEvent::Submitted { task });
-            self.metrics.submitted.inc();
-            self.enqueue(&id);
-            return;
-        };
-        let persisted = view.last_sequence;
-        let mut held = new_held(spec, message, view, Phase::Queued, received);
-        held.persisted = persisted;
-        if let Admission::Resume { attempts_run } = admission {
-            held.attempts_run = attempts_run;
+        match stored {
+            None => {
+                // `record` replaces the empty view with the submitted task's.
+                let task = spec.to_task();
+                let view = TaskView::submitted(Default::default(), 0, self.clock.now());
+                let held = self.new_held(spec, message, view, 0, received);
+                self.tasks.insert(id.clone(), held);
+                self.record(&id, TaskEvent::Submitted { task });
+                self.metrics.submitted.inc();
+            }
+            Some(view) => {
+                let attempts_run = match admission {
+                    Admission::Resume { attempts_run } => attempts_run,
+                    _ => 0,
+                };
+                let persisted = view.last_sequence;
+                let mut held = self.new_held(spec, message, view, attempts_run, received);
+                held.persisted = persisted;
+                self.tasks.insert(id.clone(), held);
+                if admission == Admission::Reopen {
+                    let dead_letter_id = replay_of.unwrap_or_default();
+                    self.record(&id, TaskEvent::Resubmitted { dead_letter_id });
+                } else {
+                    self.metrics.resumed.inc();
+                }
+            }
         }
-        self.tasks.insert(id.clone(), held);
-        if admission == Admission::Reopen {
-            self.record(
-                &id,
-                TaskEvent::Resubmitted {
-                    dead_letter_id: replay_of.unwrap_or_default(),
-                },
-            );
-        } else {
-            self.metrics.resumed.inc();
-        }
-        self.enqueue(&id);
+        self.step(&id, Input::Queue).await;
     }
 
     /// An invalid submission: dead letter (id derived from the stream
@@ -274,33 +280,39 @@ impl Engine {
     }
 }
 
-fn new_held(
-    spec: TaskSpec,
-    message: jetstream::Message,
-    view: TaskView,
-    phase: Phase,
-    received: Instant,
-) -> Box<Held> {
-    let now = Instant::now();
-    Box::new(Held {
-        spec,
-        message,
-        view,
-        persisted: 0,
-        pending: Vec::new(),
-        writing: false,
-        dead_letter: None,
-        phase,
-        attempts_run: 0,
-        avoid: Vec::new(),
-        history: Vec::new(),
-        queued_at: now,
-        extended_at: now,
-        waiters: Vec::new(),
-        received,
-        stage_since: Some(received),
-        result_json: None,
-    })
+impl Engine {
+    /// A held task, its stored history `view` (`attempts_run` of its
+    /// attempts count against its limit), waiting for its stored state or
+    /// its queue.
+    fn new_held(
+        &self,
+        spec: TaskSpec,
+        message: jetstream::Message,
+        view: TaskView,
+        attempts_run: u32,
+        received: Instant,
+    ) -> Box<Held> {
+        let fan_out = matches!(
+            self.router.strategy_for(&spec),
+            RoutingStrategy::Broadcast | RoutingStrategy::Multicast
+        );
+        let life = Task::new(&spec, Phase::Looking, view.attempts, attempts_run, fan_out);
+        Box::new(Held {
+            spec,
+            message,
+            view,
+            persisted: 0,
+            pending: Vec::new(),
+            writing: false,
+            dead_letter: None,
+            life,
+            extended_at: received,
+            waiters: Vec::new(),
+            received,
+            stage_since: Some(received),
+            result_json: None,
+        })
+    }
 }
 
 /// Headers of a message as a map, for dead letters.

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use concord_wire::v1::{TaskError, TaskStatus};
 use serde_json::json;
 
-use super::*;
+use super::attempt::*;
+use super::rules::*;
+use crate::backoff::BackoffPolicy;
+use crate::projection::{TaskEvent, TaskView, reason};
 
 const LEASE: Duration = Duration::from_millis(1_000);
 
@@ -146,13 +149,13 @@ fn lease_expiry_fails_only_the_silent_agents_with_a_retryable_error() {
         panic!("the lease ran out");
     };
     assert_eq!(silent, vec![(0, "a".to_string()), (2, "c".to_string())]);
-    let error = attempt.lease_expired_error("a");
+    let error = lease_expired_error(LEASE, "a");
     assert!(error.retryable);
     assert_eq!(error.code, "lease_expired");
     assert!(error.message.contains("1000 ms lease"), "{}", error.message);
     // Expired agents count as failed; the one success completes the task.
     for (index, agent) in silent {
-        let failure = Err(attempt.lease_expired_error(&agent));
+        let failure = Err(lease_expired_error(LEASE, &agent));
         attempt.answer(index, &failure, t0 + LEASE);
     }
     assert!(matches!(attempt.finish(true), Finished::Completed(_)));
@@ -225,44 +228,6 @@ fn a_dead_lettered_task_reports_the_agents_code_or_the_reason() {
     let no_agent = dead_letter_error("no_eligible_agent", "none".into(), None);
     assert_eq!(no_agent.code, "no_eligible_agent");
     assert!(!no_agent.retryable);
-}
-
-#[test]
-fn cancelling_a_running_task_stops_its_working_agents() {
-    let t0 = Instant::now();
-    let mut attempt = Attempt::start(1, &agents(&["a", "b"]), LEASE, t0);
-    attempt.answer(0, &Err(error("x", true)), t0);
-    let mut phase = Phase::Running(attempt);
-    assert_eq!(phase.working_agents(), ["b"]);
-    assert_eq!(
-        phase.cancel(false),
-        Cancel::Cancelled {
-            stop: agents(&["b"])
-        }
-    );
-    assert!(matches!(phase, Phase::Final));
-    assert!(phase.working_agents().is_empty());
-}
-
-#[test]
-fn cancelling_a_queued_or_backing_off_task_ends_it_at_once() {
-    for mut phase in [Phase::Queued, Phase::Backoff] {
-        assert_eq!(phase.cancel(false), Cancel::Cancelled { stop: Vec::new() });
-        assert!(matches!(phase, Phase::Final));
-    }
-}
-
-#[test]
-fn cancelling_a_finishing_task_waits_for_its_outcome() {
-    let mut phase = Phase::Final;
-    assert_eq!(phase.cancel(false), Cancel::AnswerWhenFinal);
-    let mut phase = Phase::Looking;
-    assert_eq!(phase.cancel(false), Cancel::AnswerWhenFinal);
-    assert!(matches!(phase, Phase::Looking), "the lookup decides first");
-    // A replayed submission of a task already final.
-    let mut phase = Phase::Queued;
-    assert_eq!(phase.cancel(true), Cancel::AnswerWhenFinal);
-    assert!(matches!(phase, Phase::Queued));
 }
 
 fn stored(status: TaskStatus, attempts: u32) -> TaskView {
@@ -356,4 +321,27 @@ fn without_an_eligible_agent_a_task_waits_then_gives_up() {
         without_agent(false, t0, queued, wait, queued + Duration::from_secs(1)),
         NoAgent::Wait
     );
+}
+
+#[test]
+fn a_pulled_submission_held_here_is_a_redelivery_or_a_duplicate() {
+    let never = || -> bool { panic!("the filter is not asked about held ids") };
+    assert_eq!(arrival(Some(7), 7, false, false, never), Arrival::Redelivered);
+    assert_eq!(arrival(Some(7), 9, true, false, never), Arrival::Duplicate);
+    assert_eq!(
+        arrival(Some(0), 9, true, false, never),
+        Arrival::Duplicate,
+        "a held submission of unknown position is another one"
+    );
+}
+
+#[test]
+fn only_a_first_delivery_of_an_id_the_store_cannot_hold_skips_the_lookup() {
+    let never = || -> bool { panic!("an id from the stream position needs no filter") };
+    assert_eq!(arrival(None, 3, true, true, never), Arrival::New);
+    assert_eq!(arrival(None, 3, true, false, || false), Arrival::New);
+    assert_eq!(arrival(None, 3, true, false, || true), Arrival::LookUp);
+    // Delivered before: a replica may have stored it, whatever its id.
+    assert_eq!(arrival(None, 3, false, true, || false), Arrival::LookUp);
+    assert_eq!(arrival(None, 3, false, false, || false), Arrival::LookUp);
 }

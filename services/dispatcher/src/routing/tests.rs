@@ -1343,3 +1343,42 @@ fn priority_queue_push_front_and_retain() {
     }
     assert_eq!(order, ["a", "c"]);
 }
+
+#[test]
+fn a_retry_avoids_the_agents_that_failed_it_when_anyone_else_can_take_it() {
+    // "a" is the better agent: CAPABILITY picks it every time...
+    let records = vec![
+        agent_with("a", |r| r.capabilities[0].level = 1.0),
+        agent_with("b", |r| r.capabilities[0].level = 0.4),
+        agent_with("c", |r| r.capabilities[0].level = 0.6),
+    ];
+    let all = candidates(&records);
+    let spec = task(S::Capability);
+    let mut router = router(S::Capability);
+    assert_eq!(one(&mut router, &spec, &all), "a");
+    // ...but a retry after "a" failed goes to the best of the others.
+    let avoid = vec!["a".to_string()];
+    let decision = router.route_avoiding(&spec, &all, &avoid);
+    assert_eq!(decision, RouteDecision::Assign(vec!["c".into()]));
+    let avoid = vec!["a".to_string(), "c".to_string()];
+    let decision = router.route_avoiding(&spec, &all, &avoid);
+    assert_eq!(decision, RouteDecision::Assign(vec!["b".into()]));
+}
+
+#[test]
+fn a_retry_comes_back_to_a_failed_agent_only_when_nobody_else_can_take_it() {
+    let records = vec![
+        agent("a"),
+        agent_with("b", |r| r.liveness = Liveness::Unavailable as i32),
+    ];
+    let all = candidates(&records);
+    let spec = task(S::LeastLoaded);
+    let mut router = router(S::LeastLoaded);
+    let avoid = vec!["a".to_string()];
+    let decision = router.route_avoiding(&spec, &all, &avoid);
+    assert_eq!(decision, RouteDecision::Assign(vec!["a".into()]));
+    // Nobody at all: the reason is the one for every candidate.
+    let records = vec![agent_with("a", |r| r.liveness = Liveness::Unavailable as i32)];
+    let decision = router.route_avoiding(&spec, &candidates(&records), &avoid);
+    assert!(matches!(decision, RouteDecision::NoEligibleAgent { .. }));
+}
