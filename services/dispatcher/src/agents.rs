@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use concord_directory::SharedDirectory;
+use concord_runtime::Clock;
 use concord_identity::{Claim, SIGNATURE, SIGNED_AT, SIGNER, Verifier, purpose};
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{AgentHealth, AgentRecord, Heartbeat};
@@ -34,13 +35,30 @@ pub struct Load {
 }
 
 /// Heartbeat loads by agent id, shared between the heartbeat listener and the engine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Loads {
     inner: Arc<Mutex<IdMap<Load>>>,
     own: Arc<Mutex<IdMap<u32>>>,
+    /// When heartbeats arrive and how old they are.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for Loads {
+    fn default() -> Self {
+        Self::new(Arc::new(concord_runtime::SystemClock))
+    }
 }
 
 impl Loads {
+    /// No heartbeat seen yet; `clock` dates them.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::default(),
+            own: Arc::default(),
+            clock,
+        }
+    }
+
     /// Records a heartbeat; `in_flight` includes this replica's own attempts.
     pub fn heartbeat(&self, beat: &Heartbeat) {
         let own = self
@@ -52,7 +70,7 @@ impl Loads {
             .unwrap_or(0);
         let load = Load {
             others: beat.in_flight.saturating_sub(own),
-            seen: Instant::now(),
+            seen: self.clock.instant(),
             capacity: beat.capacity,
             health: AgentHealth::try_from(beat.health).unwrap_or(AgentHealth::Unspecified),
         };
@@ -119,7 +137,7 @@ impl Loads {
         let directory = directory.read().expect("directory lock");
         let inner = self.inner.lock().expect("loads lock");
         let own = self.own.lock().expect("loads lock");
-        let now = Instant::now();
+        let now = self.clock.instant();
         let candidates: Vec<Candidate<'_>> = select(&directory)
             .into_iter()
             .map(|agent| Self::candidate(agent, &inner, &own, now))

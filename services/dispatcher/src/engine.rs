@@ -101,9 +101,6 @@ pub struct Parts {
     /// shutdown waits for it.
     pub background: concord_runtime::Background,
     pub dead_letters: concord_runtime::DeadLetterKeeper,
-    /// Every moment the engine acts on (leases, delays, deadlines, stage
-    /// timings) comes from here.
-    pub clock: Arc<dyn Clock>,
 }
 
 /// A submission this replica holds.
@@ -198,10 +195,13 @@ impl Engine {
     pub fn new(parts: Parts) -> anyhow::Result<Self> {
         let router = Router::new(parts.config.default_strategy, parts.config.weights)?;
         let breakers = Breakers::new(parts.config.breaker);
+        // Every moment the engine acts on (leases, delays, deadlines, stage
+        // timings) comes from the configured clock.
+        let clock = parts.config.clock.clone();
         // Jitter only needs to differ between replicas and restarts.
-        let seed = (parts.clock.now().timestamp_nanos_opt().unwrap_or(0) as u64)
+        let seed = (clock.now().timestamp_nanos_opt().unwrap_or(0) as u64)
             ^ 0x9e37_79b9_7f4a_7c15;
-        let now = parts.clock.instant();
+        let now = clock.instant();
         Ok(Self {
             config: parts.config,
             bus: parts.bus,
@@ -237,7 +237,7 @@ impl Engine {
             known_loaded: mpsc::unbounded_channel(),
             known_retry_at: now,
             started: now,
-            clock: parts.clock,
+            clock,
             rng: seed | 1,
         })
     }

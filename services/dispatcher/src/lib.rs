@@ -99,7 +99,7 @@ pub async fn build_with(
         )
         .await;
 
-    let loads = agents::Loads::default();
+    let loads = agents::Loads::new(config.clock.clone());
     agents::listen_heartbeats(
         &service,
         loads.clone(),
@@ -198,7 +198,6 @@ pub async fn build_with(
         metrics,
         background: service.background(),
         dead_letters: context.dead_letter_keeper(),
-        clock: config.clock.clone(),
     })?;
     let inputs = engine::Inputs {
         pulled: pulled_rx,

@@ -263,6 +263,7 @@ pub fn validate_task(
                 intake.encoded_len, limits.max_encoded_bytes
             ),
             field: Some("payload".to_string()),
+            details: None,
         });
     }
 

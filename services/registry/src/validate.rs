@@ -217,6 +217,7 @@ pub fn check_key_change(
         code: ErrorCode::AlreadyExists,
         message: "publicKey: the agent id is registered with a different public key".to_string(),
         field: Some("publicKey".to_string()),
+        details: None,
     })
 }
 

@@ -1,20 +1,80 @@
-//! The state service: versioned shared state, barriers and locks.
+//! The state service: versioned shared documents with history, barriers,
+//! locks and workflow stage state.
 //!
-//! This release registers the service on NATS (it answers `$SRV.PING`,
-//! `$SRV.INFO` and `$SRV.STATS`), serves `/metrics` and shuts down cleanly;
-//! its coordination endpoints arrive with their own issues.
+//! Requests (service `concord-state`, queue group `q`): `<root>.state.create`,
+//! `.get`, `.put`, `.patch`, `.delete`, `.list`, `.history`, `.reconcile`.
+//! Documents live in Postgres (`state_documents`, `state_history`); every
+//! change is a `document.*` event on `<root>.events.state.document.*` and is
+//! published on `<root>.state.changed.<namespace>.<key>`. The rules are pure
+//! modules ([`document`], [`merge_patch`], [`key`], [`lock`], [`barrier`],
+//! [`workflow`]); the writer commits writes in batches. See docs/PROTOCOL.md.
+
+pub mod app;
+pub mod barrier;
+pub mod config;
+pub mod document;
+pub(crate) mod handlers;
+pub mod key;
+pub mod lock;
+pub mod merge_patch;
+pub(crate) mod metrics;
+pub(crate) mod store;
+pub mod workflow;
+pub(crate) mod writer;
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
 
-/// Name, description, default metrics port and tables of the state.
+pub use app::State;
+pub use config::{StateArgs, StateConfig};
+
+/// Aggregate type of document events (`<root>.events.state.document.<kind>`).
+pub const AGGREGATE: &str = "state.document";
+
+/// The state service's tables (`migrations/state/`).
+fn migrations() -> concord_store::Migrator {
+    sqlx::migrate!("../../migrations/state")
+}
+
+/// Name, description, default metrics port and tables of the state service.
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "concord-state",
     description: "Versioned shared state, barriers and locks",
     default_metrics_port: 9105,
-    migrations: None,
+    migrations: Some(migrations),
 };
 
-/// Builds the service on connected infrastructure; tests call this in-process.
+/// `<root>.state.changed.<namespace>.<key with / as .>`: where a key's
+/// changes are published.
+pub fn changed_subject(bus: &concord_bus::Bus, key: &key::DocKey) -> String {
+    bus.subjects
+        .join(&format!("state.changed.{}", key.subject_tail()))
+}
+
+/// Builds the service with default settings; tests call this in-process.
 pub async fn build(context: ServiceContext) -> anyhow::Result<Service> {
-    Service::start(context).await
+    Ok(build_with(context, StateConfig::default()).await?.0)
+}
+
+/// Builds the service and returns its handle.
+pub async fn build_with(
+    context: ServiceContext,
+    config: StateConfig,
+) -> anyhow::Result<(Service, State)> {
+    let (state, writer, queue) = State::new(context.clone(), config);
+    let service = Service::start(context).await?;
+    // Background tasks stop after the endpoints drained: every accepted
+    // write is committed first.
+    service.spawn_background(writer.run(queue, service.background_token()));
+    use handlers::*;
+    service.serve("state", "create", &state, create::handle).await?;
+    service.serve("state", "get", &state, get::handle).await?;
+    service.serve("state", "put", &state, put::handle).await?;
+    service.serve("state", "patch", &state, patch::handle).await?;
+    service.serve("state", "delete", &state, delete::handle).await?;
+    service.serve("state", "list", &state, list::handle).await?;
+    service.serve("state", "history", &state, history::handle).await?;
+    service
+        .serve("state", "reconcile", &state, reconcile::handle)
+        .await?;
+    Ok((service, state))
 }

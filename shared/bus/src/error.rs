@@ -15,6 +15,9 @@ pub struct ServiceError {
     pub message: String,
     /// Dotted path of the offending field, when one is to blame.
     pub field: Option<String>,
+    /// Facts a caller can act on (`ErrorReply.details`), e.g. the current
+    /// document of a conflict.
+    pub details: Option<serde_json::Value>,
 }
 
 impl ServiceError {
@@ -24,6 +27,7 @@ impl ServiceError {
             code,
             message: message.into(),
             field: None,
+            details: None,
         }
     }
 
@@ -34,6 +38,7 @@ impl ServiceError {
             code: ErrorCode::InvalidArgument,
             message: format!("{field}: {}", message.as_ref()),
             field: Some(field),
+            details: None,
         }
     }
 
@@ -56,6 +61,7 @@ impl ServiceError {
             code: ErrorCode::PermissionDenied,
             message: message.into(),
             field: Some(field.into()),
+            details: None,
         }
     }
 
@@ -81,10 +87,18 @@ impl ServiceError {
         )
     }
 
+    /// The same error carrying `details` (see [`ServiceError::details`]).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
     /// The wire form of this error.
     pub fn to_reply(&self) -> ErrorReply {
-        ErrorReply::new(self.code, self.message.clone())
-            .with_field(self.field.clone().unwrap_or_default())
+        let mut reply = ErrorReply::new(self.code, self.message.clone())
+            .with_field(self.field.clone().unwrap_or_default());
+        reply.details = self.details.clone().map(concord_wire::json::to_wire_value);
+        reply
     }
 }
 
@@ -98,6 +112,7 @@ impl From<CodecError> for ServiceError {
                 code: ErrorCode::InvalidArgument,
                 field: error.field().filter(|f| !f.is_empty()).map(str::to_string),
                 message: error.to_string(),
+                details: None,
             },
         }
     }

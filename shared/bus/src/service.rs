@@ -537,6 +537,10 @@ pub fn read_reply<M: WireMessage>(message: &async_nats::Message) -> Result<M, Se
             code,
             message: message_text,
             field: (!reply.field.is_empty()).then_some(reply.field),
+            details: reply
+                .details
+                .as_ref()
+                .map(concord_wire::json::from_wire_value),
         });
     }
     codec::decode(content_type, &message.payload)

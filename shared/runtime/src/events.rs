@@ -199,8 +199,9 @@ async fn write_loop(
     }
 }
 
-/// `at` without its sub-microsecond part.
-fn whole_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+/// `at` without its sub-microsecond part (the precision Postgres keeps, so
+/// a time written and read back compares equal).
+pub fn whole_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
     let extra = at.timestamp_subsec_nanos() % 1000;
     at - chrono::Duration::nanoseconds(i64::from(extra))
 }

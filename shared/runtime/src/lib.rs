@@ -37,5 +37,5 @@ pub use background::{Background, for_each_until};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{ServiceContext, ServiceInfo, StartupError, run_service};
 pub use dead_letters::{DeadLetterKeeper, StoreRejectSink, reason_of};
-pub use events::{EmitError, EventPublisher, event_json, publish as publish_events};
+pub use events::{EmitError, EventPublisher, event_json, publish as publish_events, whole_micros};
 pub use service::Service;

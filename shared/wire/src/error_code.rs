@@ -40,6 +40,7 @@ impl ErrorReply {
             message: message.into(),
             field: String::new(),
             status: code.status().into(),
+            details: None,
         }
     }
 

@@ -160,7 +160,8 @@ fn error_reply_json() {
             "code": "ERROR_CODE_UNAVAILABLE",
             "message": "postgres is restarting",
             "field": "store",
-            "status": 503
+            "status": 503,
+            "details": {"retryAfterMs": 500}
         })
     );
 }

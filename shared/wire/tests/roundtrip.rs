@@ -86,6 +86,19 @@ fn every_message_round_trips_in_both_encodings() {
     checked.round_trip(fixtures::purge_dead_letters());
     checked.round_trip(fixtures::purged_dead_letters());
 
+    checked.round_trip(fixtures::document());
+    checked.round_trip(fixtures::create_document());
+    checked.round_trip(fixtures::get_document());
+    checked.round_trip(fixtures::put_document());
+    checked.round_trip(fixtures::patch_document());
+    checked.round_trip(fixtures::delete_document());
+    checked.round_trip(fixtures::list_documents());
+    checked.round_trip(fixtures::list_documents_reply());
+    checked.round_trip(fixtures::document_change());
+    checked.round_trip(fixtures::get_history());
+    checked.round_trip(fixtures::history_reply());
+    checked.round_trip(fixtures::reconcile());
+
     let all: BTreeSet<String> = ALL_MESSAGES.iter().map(|s| (*s).to_owned()).collect();
     let missing: Vec<_> = all.difference(&checked.0).collect();
     assert!(

@@ -25,7 +25,7 @@ pub async fn handle(dispatcher: Dispatcher, request: Request) -> Result<Reply, S
         msg_id: Some(request.header(headers::MSG_ID).unwrap_or(&fresh_id)),
         stream_identity: "run",
         stream_sequence: 0,
-        now_unix_ms: chrono::Utc::now().timestamp_millis(),
+        now_unix_ms: dispatcher.config.clock.unix_ms(),
     };
     let spec = submission::parse(&request.payload, &origin, &dispatcher.config.limits)?;
     let wait = run_wait(&dispatcher.config, spec.timeout_ms, spec.max_attempts);

@@ -104,6 +104,7 @@ async fn a_refused_registration_ends_run_with_the_registrys_error() {
         code: ErrorCode::AlreadyExists,
         message: "publicKey: the agent id is registered with a different public key".into(),
         field: Some("publicKey".into()),
+        details: None,
     });
     let (agent, _probe) = test_agent();
     let outcome = Running::spawn(agent, h.config("agent-impostor"))

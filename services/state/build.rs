@@ -1,0 +1,5 @@
+//! Build script: recompile when a migration is added, so `sqlx::migrate!` embeds it.
+
+fn main() {
+    println!("cargo:rerun-if-changed=../../migrations/state");
+}

@@ -1,0 +1,227 @@
+//! The document writer: one task that commits writes in batches.
+//!
+//! A batch (up to `write_batch` requests, whatever arrived while the last
+//! one committed) is one transaction: lock the rows of its keys (sorted, so
+//! two replicas' batches cannot deadlock), apply each write in arrival order
+//! to the state so far with [`crate::document::apply`], write the rows, the
+//! history and the events, commit, then answer every request and publish
+//! the changes. Two replicas serialise on the row locks; a key that had no
+//! row when read and got one from the other replica meanwhile makes the
+//! batch start again, so a compare-and-set is never applied twice or lost.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use concord_store::NewEvent;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::document::{self, Refusal, Stored, Write};
+use crate::key::DocKey;
+use crate::store::{self, ChangeRow, DocumentRow, DocumentStore};
+
+/// How often a batch is redone after losing a race on a new key.
+const MAX_TRIES: usize = 3;
+
+/// One write waiting to be committed.
+pub struct Pending {
+    pub key: DocKey,
+    pub write: Write,
+    pub actor: String,
+    pub done: oneshot::Sender<Result<ChangeRow, WriteError>>,
+}
+
+/// Why a write was not committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteError {
+    /// The rules refused it; `current` is the stored document.
+    Refused {
+        refusal: Refusal,
+        current: Option<DocumentRow>,
+    },
+    /// Storage failed; nothing was written.
+    Store(String),
+}
+
+/// A committed batch: each write's result, in order, and the events.
+type Committed = (Vec<Result<ChangeRow, WriteError>>, Vec<NewEvent>);
+
+/// What the writer needs.
+pub struct Writer {
+    pub store: DocumentStore,
+    pub events: concord_runtime::EventPublisher,
+    pub bus: concord_bus::Bus,
+    pub max_document_bytes: usize,
+    pub history_keep: u64,
+    pub batch: usize,
+    pub clock: std::sync::Arc<dyn concord_runtime::Clock>,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl Writer {
+    /// Commits what arrives on `requests` until `stop` (the endpoints have
+    /// drained by then), then what is still queued.
+    pub async fn run(self, mut requests: mpsc::Receiver<Pending>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(self.batch);
+        loop {
+            tokio::select! {
+                received = requests.recv_many(&mut batch, self.batch) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                _ = stop.cancelled() => {
+                    requests.close();
+                    while requests.recv_many(&mut batch, self.batch).await > 0 {
+                        let pending = std::mem::take(&mut batch);
+                        self.commit(pending).await;
+                    }
+                    break;
+                }
+            }
+            let pending = std::mem::take(&mut batch);
+            self.commit(pending).await;
+        }
+    }
+
+    async fn commit(&self, pending: Vec<Pending>) {
+        let started = Instant::now();
+        let mut outcome = Ok(None);
+        for _ in 0..MAX_TRIES {
+            outcome = self.try_commit(&pending).await;
+            if !matches!(&outcome, Ok(None)) {
+                break;
+            }
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let (results, events) = match outcome {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                let message = "the batch kept losing races on new keys".to_string();
+                return fail_all(pending, &message);
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), writes = pending.len(), "state batch not committed");
+                return fail_all(pending, &format!("state storage unavailable: {error}"));
+            }
+        };
+        self.events.publish_committed(&events).await;
+        for (pending, result) in pending.into_iter().zip(results) {
+            if let Ok(change) = &result {
+                self.publish_change(change).await;
+            }
+            self.metrics.count(pending.write.kind(), &result);
+            let _ = pending.done.send(result);
+        }
+    }
+
+    /// One attempt: `Ok(None)` when a new key was inserted by someone else
+    /// meanwhile (try again), `Ok(Some)` once committed.
+    async fn try_commit(
+        &self,
+        pending: &[Pending],
+    ) -> anyhow::Result<Option<Committed>> {
+        let mut keys: Vec<&str> = pending.iter().map(|p| p.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut tx = self.store.pool().begin().await?;
+        let read = store::lock_rows(&mut tx, &keys).await?;
+        let mut current: HashMap<String, DocumentRow> =
+            read.into_iter().map(|row| (row.key.clone(), row)).collect();
+        let existed: Vec<String> = current.keys().cloned().collect();
+        let at = concord_runtime::whole_micros(self.clock.now());
+        let mut results = Vec::with_capacity(pending.len());
+        let mut changes = Vec::new();
+        for write in pending {
+            let stored: Option<Stored> = current.get(write.key.as_str()).map(DocumentRow::stored);
+            match document::apply(stored.as_ref(), write.write.clone(), self.max_document_bytes) {
+                Ok(change) => {
+                    let row = ChangeRow {
+                        key: write.key.to_string(),
+                        version: change.version,
+                        recorded: change.recorded,
+                        value: change.value,
+                        actor: write.actor.clone(),
+                        at,
+                    };
+                    current.insert(row.key.clone(), row.to_row());
+                    changes.push(row.clone());
+                    results.push(Ok(row));
+                }
+                Err(refusal) => results.push(Err(WriteError::Refused {
+                    refusal,
+                    current: current.get(write.key.as_str()).cloned(),
+                })),
+            }
+        }
+        if changes.is_empty() {
+            tx.rollback().await?;
+            return Ok(Some((results, Vec::new())));
+        }
+        let changed: Vec<&str> = {
+            let mut keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        };
+        let (old, new): (Vec<&DocumentRow>, Vec<&DocumentRow>) = changed
+            .iter()
+            .map(|key| &current[*key])
+            .partition(|row| existed.iter().any(|k| k == &row.key));
+        if !store::insert_new(&mut tx, &new).await? {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        store::update_locked(&mut tx, &old).await?;
+        let cutoffs: Vec<(&str, u64)> = changed
+            .iter()
+            .map(|key| (*key, document::history_cutoff(current[*key].version, self.history_keep)))
+            .collect();
+        store::append_history(&mut tx, &changes, &cutoffs).await?;
+        let events: Vec<NewEvent> = changes
+            .iter()
+            .map(|change| store::change_event(&self.events, change))
+            .collect();
+        if let Err(error) = self.events.store().append_in(&mut tx, &events).await {
+            let _ = tx.rollback().await;
+            if error.is_sequence_conflict() {
+                return Ok(None);
+            }
+            return Err(error.into());
+        }
+        tx.commit().await?;
+        Ok(Some((results, events)))
+    }
+
+    /// Publishes a committed change on `<root>.state.changed.<ns>.<key>`.
+    async fn publish_change(&self, change: &ChangeRow) {
+        let key = DocKey::parse(&change.key).expect("stored keys are valid");
+        let subject = crate::changed_subject(&self.bus, &key);
+        let payload = concord_wire::codec::encode(
+            concord_wire::ContentType::Json,
+            &change.to_change(),
+        )
+        .expect("a change encodes");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            concord_bus::headers::CONTENT_TYPE,
+            concord_wire::ContentType::Json.as_str(),
+        );
+        if let Err(error) = self
+            .bus
+            .client
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+        {
+            tracing::warn!(%error, key = %change.key, "could not publish a document change");
+        }
+    }
+}
+
+fn fail_all(pending: Vec<Pending>, message: &str) {
+    for p in pending {
+        let _ = p.done.send(Err(WriteError::Store(message.to_string())));
+    }
+}
