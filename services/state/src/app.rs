@@ -33,7 +33,10 @@ struct Inner {
 
 impl State {
     /// The handle, and the writer to run (it stops when the last handle goes).
-    pub(crate) fn new(context: ServiceContext, config: StateConfig) -> (Self, crate::writer::Writer, mpsc::Receiver<Pending>) {
+    pub(crate) fn new(
+        context: ServiceContext,
+        config: StateConfig,
+    ) -> (Self, crate::writer::Writer, mpsc::Receiver<Pending>) {
         let store = DocumentStore::new(context.pool.clone());
         let metrics = Metrics::register(&context.metrics);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
@@ -71,7 +74,12 @@ impl State {
     }
 
     /// Queues `write` of `key` by `actor` and waits for its commit.
-    pub async fn write(&self, key: DocKey, write: Write, actor: String) -> Result<ChangeRow, ServiceError> {
+    pub async fn write(
+        &self,
+        key: DocKey,
+        write: Write,
+        actor: String,
+    ) -> Result<ChangeRow, ServiceError> {
         let (done, answer) = oneshot::channel();
         let shown = key.to_string();
         self.inner
@@ -117,11 +125,13 @@ pub fn refused(key: &str, error: WriteError) -> ServiceError {
         )
         .with_details(details()),
         Refusal::NotFound { version: 0 } => not_found(key),
-        Refusal::NotFound { version } => ServiceError::not_found(format!(
-            "document {key} was deleted at version {version}"
-        )),
+        Refusal::NotFound { version } => {
+            ServiceError::not_found(format!("document {key} was deleted at version {version}"))
+        }
         Refusal::Conflict {
-            expected, current: at, ..
+            expected,
+            current: at,
+            ..
         } => ServiceError::conflict(format!(
             "document {key} is at version {at}, not {expected}; read it again and retry"
         ))
@@ -132,7 +142,9 @@ pub fn refused(key: &str, error: WriteError) -> ServiceError {
         Refusal::TooLarge { bytes, limit } => {
             let mut error = ServiceError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("value: the document would be {bytes} bytes, more than the limit of {limit}"),
+                format!(
+                    "value: the document would be {bytes} bytes, more than the limit of {limit}"
+                ),
             );
             error.field = Some("value".into());
             error

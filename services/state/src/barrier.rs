@@ -86,7 +86,10 @@ impl Spec {
         if let Participants::Named(ids) = &self.participants
             && let Some(empty) = ids.iter().find(|id| id.is_empty())
         {
-            return Err(refuse("participants", format!("participant id {empty:?} is empty")));
+            return Err(refuse(
+                "participants",
+                format!("participant id {empty:?} is empty"),
+            ));
         }
         if let Condition::MinCount(n) = self.condition {
             if n == 0 {
@@ -102,7 +105,10 @@ impl Spec {
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(refuse(
                 "timeoutMs",
-                format!("timeoutMs must be 1..={MAX_TIMEOUT_MS}, not {}", self.timeout_ms),
+                format!(
+                    "timeoutMs must be 1..={MAX_TIMEOUT_MS}, not {}",
+                    self.timeout_ms
+                ),
             ));
         }
         if !(self.data.is_object() || self.data.is_null()) {
@@ -251,7 +257,10 @@ impl Barrier {
 
     /// The participants that arrived, in arrival order.
     pub fn arrived(&self) -> Vec<String> {
-        self.arrivals.iter().map(|a| a.participant.clone()).collect()
+        self.arrivals
+            .iter()
+            .map(|a| a.participant.clone())
+            .collect()
     }
 
     /// Named participants that have not arrived (none for a count barrier).
@@ -307,7 +316,11 @@ mod tests {
     fn each_condition_needs_its_count() {
         assert_eq!(named(&["a", "b", "c"], Condition::All).needed(), 3);
         assert_eq!(named(&["a", "b", "c"], Condition::Majority).needed(), 2);
-        assert_eq!(counted(4, Condition::Majority).needed(), 3, "more than half");
+        assert_eq!(
+            counted(4, Condition::Majority).needed(),
+            3,
+            "more than half"
+        );
         assert_eq!(counted(1, Condition::Majority).needed(), 1);
         assert_eq!(counted(10, Condition::MinCount(7)).needed(), 7);
     }
@@ -346,7 +359,10 @@ mod tests {
         assert_eq!(barrier.arrive("a", None, 20), Ok(Arrived::Waiting));
         assert_eq!(barrier.missing(), ["c"]);
         assert_eq!(barrier.arrive("c", None, 30), Ok(Arrived::Released));
-        assert_eq!((barrier.status, barrier.decided_ms), (Status::Released, Some(30)));
+        assert_eq!(
+            (barrier.status, barrier.decided_ms),
+            (Status::Released, Some(30))
+        );
         assert_eq!(barrier.arrived(), ["b", "a", "c"]);
         assert!(barrier.missing().is_empty());
         assert!(!barrier.check_timeout(5_000), "decided once");
@@ -356,8 +372,14 @@ mod tests {
     #[test]
     fn arrivals_are_idempotent_per_participant() {
         let mut barrier = Barrier::new(counted(2, Condition::All), 0).unwrap();
-        assert_eq!(barrier.arrive("a", Some(json!({"x": 1})), 1), Ok(Arrived::Waiting));
-        assert_eq!(barrier.arrive("a", Some(json!({"x": 2})), 2), Ok(Arrived::Again));
+        assert_eq!(
+            barrier.arrive("a", Some(json!({"x": 1})), 1),
+            Ok(Arrived::Waiting)
+        );
+        assert_eq!(
+            barrier.arrive("a", Some(json!({"x": 2})), 2),
+            Ok(Arrived::Again)
+        );
         assert_eq!(barrier.arrivals.len(), 1, "counted once, first data kept");
         assert_eq!(barrier.arrive("b", None, 3), Ok(Arrived::Released));
         assert_eq!(barrier.arrive("b", None, 4), Ok(Arrived::Again));
@@ -383,7 +405,10 @@ mod tests {
         let error = barrier.arrive("mallory", None, 1).unwrap_err();
         assert_eq!(error.field, "participant");
         assert!(error.message.contains("mallory is not a participant"));
-        assert_eq!(barrier.arrive("", None, 1).unwrap_err().field, "participant");
+        assert_eq!(
+            barrier.arrive("", None, 1).unwrap_err().field,
+            "participant"
+        );
 
         let mut barrier = Barrier::new(counted(3, Condition::MinCount(1)), 0).unwrap();
         barrier.arrive("a", None, 1).unwrap();
@@ -398,7 +423,10 @@ mod tests {
         barrier.arrive("a", None, 200).unwrap();
         assert!(!barrier.check_timeout(1_099));
         assert!(barrier.check_timeout(1_100));
-        assert_eq!((barrier.status, barrier.decided_ms), (Status::Timeout, Some(1_100)));
+        assert_eq!(
+            (barrier.status, barrier.decided_ms),
+            (Status::Timeout, Some(1_100))
+        );
         assert_eq!(barrier.missing(), ["b", "c"]);
         assert!(!barrier.check_timeout(2_000), "decided once");
         assert_eq!(barrier.arrive("b", None, 1_200), Ok(Arrived::Over));
@@ -409,7 +437,11 @@ mod tests {
         let mut barrier = Barrier::new(counted(1, Condition::All), 0).unwrap();
         assert_eq!(barrier.arrive("a", None, 1_000), Ok(Arrived::Over));
         assert_eq!(barrier.status, Status::Timeout);
-        assert_eq!(barrier.decided_ms, Some(1_000), "at its deadline, not later");
+        assert_eq!(
+            barrier.decided_ms,
+            Some(1_000),
+            "at its deadline, not later"
+        );
     }
 
     #[test]
@@ -419,7 +451,11 @@ mod tests {
             .arrive("b", Some(json!({"votes": {"b": 1}, "last": "b"})), 1)
             .unwrap();
         barrier
-            .arrive("a", Some(json!({"votes": {"a": 2}, "last": "a", "round": null})), 2)
+            .arrive(
+                "a",
+                Some(json!({"votes": {"a": 2}, "last": "a", "round": null})),
+                2,
+            )
             .unwrap();
         assert_eq!(
             barrier.shared_data(),

@@ -92,7 +92,11 @@ mod tests {
     fn flags_become_the_config() {
         let config = StateConfig::from_args(&args()).unwrap();
         assert_eq!(
-            (config.max_document_bytes, config.history_keep, config.write_batch),
+            (
+                config.max_document_bytes,
+                config.history_keep,
+                config.write_batch
+            ),
             (10, 5, 50)
         );
     }

@@ -219,7 +219,12 @@ mod tests {
 
     #[test]
     fn a_create_after_a_delete_continues_the_chain() {
-        let change = apply(Some(&tombstone(7)), Write::Create { value: json!({}) }, LIMIT).unwrap();
+        let change = apply(
+            Some(&tombstone(7)),
+            Write::Create { value: json!({}) },
+            LIMIT,
+        )
+        .unwrap();
         assert_eq!(change.version, 8);
     }
 
@@ -250,9 +255,8 @@ mod tests {
             },
             Write::Delete { expected: Some(1) },
         ] {
-            let Err(Refusal::Conflict {
-                current, value, ..
-            }) = apply(Some(&stored), write.clone(), LIMIT)
+            let Err(Refusal::Conflict { current, value, .. }) =
+                apply(Some(&stored), write.clone(), LIMIT)
             else {
                 panic!("{write:?} is not a conflict");
             };
@@ -265,7 +269,11 @@ mod tests {
         };
         assert!(matches!(
             apply(Some(&stored), write, LIMIT),
-            Err(Refusal::Conflict { expected: 0, current: 5, .. })
+            Err(Refusal::Conflict {
+                expected: 0,
+                current: 5,
+                ..
+            })
         ));
     }
 
@@ -330,13 +338,20 @@ mod tests {
             patch: json!({}),
             expected: None,
         };
-        assert_eq!(apply(None, write, LIMIT), Err(Refusal::NotFound { version: 0 }));
+        assert_eq!(
+            apply(None, write, LIMIT),
+            Err(Refusal::NotFound { version: 0 })
+        );
     }
 
     #[test]
     fn a_delete_leaves_a_tombstone_with_its_own_version() {
-        let change = apply(Some(&live(2, json!(1))), Write::Delete { expected: Some(2) }, LIMIT)
-            .unwrap();
+        let change = apply(
+            Some(&live(2, json!(1))),
+            Write::Delete { expected: Some(2) },
+            LIMIT,
+        )
+        .unwrap();
         assert_eq!((change.version, change.value), (3, None));
         assert_eq!(change.recorded, Recorded::Deleted);
         assert_eq!(
@@ -370,7 +385,10 @@ mod tests {
     #[test]
     fn encoded_len_is_the_compact_json_length() {
         for value in [json!(null), json!({"a": [1, 2.5, "é"]}), json!("")] {
-            assert_eq!(encoded_len(&value), serde_json::to_vec(&value).unwrap().len());
+            assert_eq!(
+                encoded_len(&value),
+                serde_json::to_vec(&value).unwrap().len()
+            );
         }
     }
 
@@ -386,7 +404,9 @@ mod tests {
     #[test]
     fn accepted_changes_form_one_chain_of_versions() {
         let writes = [
-            Write::Create { value: json!({"n": 0}) },
+            Write::Create {
+                value: json!({"n": 0}),
+            },
             Write::Patch {
                 patch: json!({"n": 1}),
                 expected: Some(1),

@@ -144,7 +144,10 @@ mod tests {
         assert!(refused("team/").contains("empty segment"));
         assert!(refused("/plans").contains("empty segment"));
         assert!(refused("team//plans").contains("empty segment"));
-        assert!(refused("team/a.b").contains("'.'"), "a dot would split the subject");
+        assert!(
+            refused("team/a.b").contains("'.'"),
+            "a dot would split the subject"
+        );
         assert!(refused("team/a*").contains("'*'"));
         assert!(refused("team/a b").contains("' '"));
         assert!(refused("team/caf\u{e9}").contains("'\u{e9}'"));

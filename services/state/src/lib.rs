@@ -66,13 +66,21 @@ pub async fn build_with(
     // write is committed first.
     service.spawn_background(writer.run(queue, service.background_token()));
     use handlers::*;
-    service.serve("state", "create", &state, create::handle).await?;
+    service
+        .serve("state", "create", &state, create::handle)
+        .await?;
     service.serve("state", "get", &state, get::handle).await?;
     service.serve("state", "put", &state, put::handle).await?;
-    service.serve("state", "patch", &state, patch::handle).await?;
-    service.serve("state", "delete", &state, delete::handle).await?;
+    service
+        .serve("state", "patch", &state, patch::handle)
+        .await?;
+    service
+        .serve("state", "delete", &state, delete::handle)
+        .await?;
     service.serve("state", "list", &state, list::handle).await?;
-    service.serve("state", "history", &state, history::handle).await?;
+    service
+        .serve("state", "history", &state, history::handle)
+        .await?;
     service
         .serve("state", "reconcile", &state, reconcile::handle)
         .await?;

@@ -164,7 +164,13 @@ impl Lock {
     }
 
     /// Extends `owner`'s grant `token` by its `ttl_ms` from `now`.
-    pub fn renew(&mut self, owner: &str, token: u64, ttl_ms: u64, now: u64) -> Result<Holder, LockError> {
+    pub fn renew(
+        &mut self,
+        owner: &str,
+        token: u64,
+        ttl_ms: u64,
+        now: u64,
+    ) -> Result<Holder, LockError> {
         let holder = self
             .holders
             .iter_mut()
@@ -283,8 +289,9 @@ impl Lock {
         holder_ends: impl Fn(&Holder) -> bool,
         waiter_gives_up: impl Fn(&Waiter) -> bool,
     ) -> Changed {
-        let (ended, kept): (Vec<Holder>, Vec<Holder>) =
-            std::mem::take(&mut self.holders).into_iter().partition(|h| holder_ends(h));
+        let (ended, kept): (Vec<Holder>, Vec<Holder>) = std::mem::take(&mut self.holders)
+            .into_iter()
+            .partition(|h| holder_ends(h));
         self.holders = kept;
         let (gave_up, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
             .into_iter()
@@ -333,7 +340,10 @@ mod tests {
         let mut lock = Lock::default();
         let a = granted(&mut lock, "a", Exclusive, 0);
         assert_eq!((a.token, a.expires_ms), (1, TTL));
-        assert_eq!(lock.acquire(request("b", Exclusive, 0), 1), Ok(Acquired::Busy));
+        assert_eq!(
+            lock.acquire(request("b", Exclusive, 0), 1),
+            Ok(Acquired::Busy)
+        );
         assert_eq!(lock.acquire(request("c", Shared, 0), 1), Ok(Acquired::Busy));
     }
 
@@ -343,7 +353,10 @@ mod tests {
         let a = granted(&mut lock, "a", Shared, 0);
         let b = granted(&mut lock, "b", Shared, 0);
         assert_eq!((a.token, b.token), (1, 2), "each grant its own token");
-        assert_eq!(lock.acquire(request("c", Exclusive, 0), 1), Ok(Acquired::Busy));
+        assert_eq!(
+            lock.acquire(request("c", Exclusive, 0), 1),
+            Ok(Acquired::Busy)
+        );
     }
 
     #[test]
@@ -360,7 +373,10 @@ mod tests {
         again.reply = "reply.b.2".into();
         assert_eq!(lock.acquire(again, 2), Ok(Acquired::Queued { position: 1 }));
         assert_eq!(lock.waiters.len(), 1);
-        assert_eq!(lock.waiters[0].reply, "reply.b.2", "answered on the newest reply");
+        assert_eq!(
+            lock.waiters[0].reply, "reply.b.2",
+            "answered on the newest reply"
+        );
     }
 
     #[test]
@@ -394,7 +410,10 @@ mod tests {
             lock.acquire(request("r", Shared, 5_000), 2),
             Ok(Acquired::Queued { position: 2 })
         );
-        assert_eq!(lock.acquire(request("r2", Shared, 0), 2), Ok(Acquired::Busy));
+        assert_eq!(
+            lock.acquire(request("r2", Shared, 0), 2),
+            Ok(Acquired::Busy)
+        );
         let changed = lock.release("a", a.token, 3).unwrap();
         assert_eq!(owners(&changed.granted), ["w"], "the writer alone");
         let w = &changed.granted[0].1;
@@ -407,7 +426,12 @@ mod tests {
     fn a_release_grants_every_shared_waiter_up_to_the_next_exclusive() {
         let mut lock = Lock::default();
         let x = granted(&mut lock, "x", Exclusive, 0);
-        for (owner, mode) in [("r1", Shared), ("r2", Shared), ("w", Exclusive), ("r3", Shared)] {
+        for (owner, mode) in [
+            ("r1", Shared),
+            ("r2", Shared),
+            ("w", Exclusive),
+            ("r3", Shared),
+        ] {
             lock.acquire(request(owner, mode, 60_000), 1).unwrap();
         }
         let changed = lock.release("x", x.token, 2).unwrap();
@@ -432,7 +456,11 @@ mod tests {
         let renewed = lock.renew("a", a.token, 30_000, 5_000).unwrap();
         assert_eq!(renewed.expires_ms, 35_000);
         assert!(lock.release("a", a.token, 6).is_ok());
-        assert_eq!(lock.release("a", a.token, 6), Err(not_holder("a", 1)), "once");
+        assert_eq!(
+            lock.release("a", a.token, 6),
+            Err(not_holder("a", 1)),
+            "once"
+        );
         assert!(lock.is_idle());
     }
 
@@ -489,7 +517,10 @@ mod tests {
         assert_eq!(lock.fence(a.token), Ok(()), "nobody newer yet");
         let b = granted(&mut lock, "b", Exclusive, TTL + 1);
         assert_eq!(b.token, 2);
-        assert_eq!(lock.fence(a.token), Err(TokenCheck::Superseded { latest: 2 }));
+        assert_eq!(
+            lock.fence(a.token),
+            Err(TokenCheck::Superseded { latest: 2 })
+        );
         assert_eq!(lock.fence(b.token), Ok(()));
         assert_eq!(lock.check(9), TokenCheck::Unknown { latest: 2 });
         assert_eq!(lock.check(0), TokenCheck::Unknown { latest: 2 });
@@ -546,7 +577,11 @@ mod tests {
             }
             let exclusive = lock.holders.iter().filter(|h| h.mode == Exclusive).count();
             assert!(exclusive <= 1);
-            assert!(exclusive == 0 || lock.holders.len() == 1, "{:?}", lock.holders);
+            assert!(
+                exclusive == 0 || lock.holders.len() == 1,
+                "{:?}",
+                lock.holders
+            );
             let mut tokens: Vec<u64> = lock.holders.iter().map(|h| h.token).collect();
             tokens.sort();
             tokens.dedup();

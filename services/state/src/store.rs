@@ -155,7 +155,10 @@ impl DocumentStore {
         .bind(limit as i64 + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut documents = rows.iter().map(document_row).collect::<Result<Vec<_>, _>>()?;
+        let mut documents = rows
+            .iter()
+            .map(document_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let more = documents.len() > limit;
         documents.truncate(limit);
         Ok((documents, more))
@@ -253,7 +256,10 @@ fn row_columns<'a>(rows: &[&'a DocumentRow]) -> RowColumns<'a> {
 
 /// Inserts rows of keys that had none when the batch read them; false when
 /// another writer inserted one of them meanwhile (the batch must be redone).
-pub async fn insert_new(conn: &mut PgConnection, rows: &[&DocumentRow]) -> Result<bool, sqlx::Error> {
+pub async fn insert_new(
+    conn: &mut PgConnection,
+    rows: &[&DocumentRow],
+) -> Result<bool, sqlx::Error> {
     if rows.is_empty() {
         return Ok(true);
     }
@@ -276,7 +282,10 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[&DocumentRow]) -> Resul
 }
 
 /// Updates rows the batch holds locked.
-pub async fn update_locked(conn: &mut PgConnection, rows: &[&DocumentRow]) -> Result<(), sqlx::Error> {
+pub async fn update_locked(
+    conn: &mut PgConnection,
+    rows: &[&DocumentRow],
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -348,10 +357,7 @@ pub async fn append_history(
 
 /// The event of one change: aggregate `state.document`, id the key,
 /// sequence the version (so a change is recorded once).
-pub fn change_event(
-    events: &concord_runtime::EventPublisher,
-    change: &ChangeRow,
-) -> NewEvent {
+pub fn change_event(events: &concord_runtime::EventPublisher, change: &ChangeRow) -> NewEvent {
     let data = serde_json::json!({
         "key": change.key,
         "version": change.version,

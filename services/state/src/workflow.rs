@@ -46,15 +46,27 @@ pub struct Workflow {
 pub enum Step {
     Start,
     /// Completes the current stage `stage` with a quality score in 0..=1.
-    Complete { stage: String, score: f64 },
+    Complete {
+        stage: String,
+        score: f64,
+    },
     /// Moves past the current stage `stage` without a score.
-    Advance { stage: String },
+    Advance {
+        stage: String,
+    },
     /// Reopens `stage` (completed or current) and everything after it.
-    SendBack { stage: String },
+    SendBack {
+        stage: String,
+    },
     /// Names the agent working on `stage`.
-    Assign { stage: String, agent: String },
+    Assign {
+        stage: String,
+        agent: String,
+    },
     /// Merges `patch` into the metadata (JSON merge patch).
-    Annotate { patch: Value },
+    Annotate {
+        patch: Value,
+    },
 }
 
 /// A refused workflow or step, naming the field at fault.
@@ -98,7 +110,10 @@ impl Workflow {
         if stages.len() > MAX_STAGES {
             return Err(refuse(
                 "stages",
-                format!("{} stages is more than the {MAX_STAGES} allowed", stages.len()),
+                format!(
+                    "{} stages is more than the {MAX_STAGES} allowed",
+                    stages.len()
+                ),
             ));
         }
         for (i, stage) in stages.iter().enumerate() {
@@ -163,7 +178,9 @@ impl Workflow {
                 if !reached {
                     return Err(refuse(
                         "stage",
-                        format!("stage {stage:?} has not been reached; only a completed or current stage can be sent back"),
+                        format!(
+                            "stage {stage:?} has not been reached; only a completed or current stage can be sent back"
+                        ),
                     ));
                 }
                 let reopened = &self.stages[position..];
@@ -268,7 +285,9 @@ mod tests {
                 .iter()
                 .map(|(s, a)| (s.to_string(), a.to_string()))
                 .collect();
-            Workflow::new(names(stages), assignees, metadata).unwrap_err().field
+            Workflow::new(names(stages), assignees, metadata)
+                .unwrap_err()
+                .field
         };
         assert_eq!(field(&[], &[], json!({})), "stages");
         assert_eq!(field(&["a", "a"], &[], json!({})), "stages");
@@ -297,7 +316,10 @@ mod tests {
         assert_eq!(workflow.status, Status::Finished);
         assert_eq!(workflow.current, None);
         assert!(workflow.pending.is_empty());
-        assert_eq!(workflow.completed, names(&["research", "writing", "editing", "verification"]));
+        assert_eq!(
+            workflow.completed,
+            names(&["research", "writing", "editing", "verification"])
+        );
         assert_eq!(workflow.scores.len(), 3, "advance records no score");
         assert!((workflow.mean_score().unwrap() - 0.8).abs() < 1e-9);
     }
@@ -306,14 +328,26 @@ mod tests {
     fn only_the_current_stage_of_a_running_workflow_completes() {
         let mut workflow = writing();
         let error = workflow.apply(complete("research", 0.5)).unwrap_err();
-        assert_eq!((error.field, error.message.as_str()), ("step", "the workflow has not started"));
+        assert_eq!(
+            (error.field, error.message.as_str()),
+            ("step", "the workflow has not started")
+        );
         workflow.apply(Step::Start).unwrap();
         assert_eq!(workflow.apply(Step::Start).unwrap_err().field, "step");
         let error = workflow.apply(complete("editing", 0.5)).unwrap_err();
         assert_eq!(error.field, "stage");
         assert!(error.message.contains("(\"research\")"));
-        assert_eq!(workflow.apply(complete("research", 1.5)).unwrap_err().field, "score");
-        assert_eq!(workflow.apply(complete("research", -0.1)).unwrap_err().field, "score");
+        assert_eq!(
+            workflow.apply(complete("research", 1.5)).unwrap_err().field,
+            "score"
+        );
+        assert_eq!(
+            workflow
+                .apply(complete("research", -0.1))
+                .unwrap_err()
+                .field,
+            "score"
+        );
         assert!(workflow.scores.is_empty(), "refused steps change nothing");
     }
 
@@ -332,7 +366,10 @@ mod tests {
         assert_eq!(workflow.iteration, 2);
         assert_eq!(workflow.current.as_deref(), Some("writing"));
         assert_eq!(workflow.completed, names(&["research"]));
-        assert_eq!(workflow.pending, names(&["writing", "editing", "verification"]));
+        assert_eq!(
+            workflow.pending,
+            names(&["writing", "editing", "verification"])
+        );
         assert_eq!(workflow.scores.keys().collect::<Vec<_>>(), ["research"]);
         // A finished workflow can be sent back too.
         for (stage, score) in [("writing", 0.8), ("editing", 0.9), ("verification", 1.0)] {
@@ -385,7 +422,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(workflow.metadata, json!({"words": 3000}));
-        let error = workflow.apply(Step::Annotate { patch: json!(1) }).unwrap_err();
+        let error = workflow
+            .apply(Step::Annotate { patch: json!(1) })
+            .unwrap_err();
         assert_eq!(error.field, "patch");
     }
 }

@@ -119,10 +119,7 @@ impl Writer {
 
     /// One attempt: `Ok(None)` when a new key was inserted by someone else
     /// meanwhile (try again), `Ok(Some)` once committed.
-    async fn try_commit(
-        &self,
-        pending: &[Pending],
-    ) -> anyhow::Result<Option<Committed>> {
+    async fn try_commit(&self, pending: &[Pending]) -> anyhow::Result<Option<Committed>> {
         let mut keys: Vec<&str> = pending.iter().map(|p| p.key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -136,7 +133,11 @@ impl Writer {
         let mut changes = Vec::new();
         for write in pending {
             let stored: Option<Stored> = current.get(write.key.as_str()).map(DocumentRow::stored);
-            match document::apply(stored.as_ref(), write.write.clone(), self.max_document_bytes) {
+            match document::apply(
+                stored.as_ref(),
+                write.write.clone(),
+                self.max_document_bytes,
+            ) {
                 Ok(change) => {
                     let row = ChangeRow {
                         key: write.key.to_string(),
@@ -177,7 +178,12 @@ impl Writer {
         store::update_locked(&mut tx, &old).await?;
         let cutoffs: Vec<(&str, u64)> = changed
             .iter()
-            .map(|key| (*key, document::history_cutoff(current[*key].version, self.history_keep)))
+            .map(|key| {
+                (
+                    *key,
+                    document::history_cutoff(current[*key].version, self.history_keep),
+                )
+            })
             .collect();
         store::append_history(&mut tx, &changes, &cutoffs).await?;
         let events: Vec<NewEvent> = changes
@@ -199,11 +205,9 @@ impl Writer {
     async fn publish_change(&self, change: &ChangeRow) {
         let key = DocKey::parse(&change.key).expect("stored keys are valid");
         let subject = crate::changed_subject(&self.bus, &key);
-        let payload = concord_wire::codec::encode(
-            concord_wire::ContentType::Json,
-            &change.to_change(),
-        )
-        .expect("a change encodes");
+        let payload =
+            concord_wire::codec::encode(concord_wire::ContentType::Json, &change.to_change())
+                .expect("a change encodes");
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             concord_bus::headers::CONTENT_TYPE,

@@ -30,7 +30,11 @@ fn key(key: &str) -> Result<DocKey, ServiceError> {
 fn actor(actor: &str) -> Result<String, ServiceError> {
     let chars = actor.chars().count();
     if chars > MAX_ACTOR_CHARS {
-        return Err(concord_bus::validate::too_long("actor", MAX_ACTOR_CHARS, chars));
+        return Err(concord_bus::validate::too_long(
+            "actor",
+            MAX_ACTOR_CHARS,
+            chars,
+        ));
     }
     Ok(actor.to_string())
 }
@@ -48,7 +52,10 @@ fn page(field: &str, limit: u32) -> Result<usize, ServiceError> {
 }
 
 /// A required JSON value from the request.
-fn value(field: &str, value: Option<concord_wire::pbjson_types::Value>) -> Result<serde_json::Value, ServiceError> {
+fn value(
+    field: &str,
+    value: Option<concord_wire::pbjson_types::Value>,
+) -> Result<serde_json::Value, ServiceError> {
     value
         .as_ref()
         .map(concord_wire::json::from_wire_value)
@@ -56,6 +63,9 @@ fn value(field: &str, value: Option<concord_wire::pbjson_types::Value>) -> Resul
 }
 
 /// The document after a committed write, as the reply.
-fn written(request: &concord_bus::Request, change: &crate::store::ChangeRow) -> Result<concord_bus::Reply, ServiceError> {
+fn written(
+    request: &concord_bus::Request,
+    change: &crate::store::ChangeRow,
+) -> Result<concord_bus::Reply, ServiceError> {
     concord_bus::Reply::to(request, &change.to_row().to_document())
 }
