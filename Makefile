@@ -76,7 +76,7 @@ bench: ## Run the benchmarks (package concord-bench) when there are any
 	fi
 
 migrate: ## Apply every service's database migrations and exit (services also do it at start)
-	$(WITH_ENV) for service in registry dispatcher; do "$$CONCORD_BIN_DIR/concord-$$service" --migrate-only || exit 1; done
+	$(WITH_ENV) for service in registry dispatcher state; do "$$CONCORD_BIN_DIR/concord-$$service" --migrate-only || exit 1; done
 
 clean-state: ## Stop everything and delete .local (tools, data, logs)
 	bash deploy/local/down.sh --purge
