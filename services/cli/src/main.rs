@@ -7,6 +7,7 @@ mod dlq;
 mod events;
 mod json;
 mod ping;
+mod state;
 mod tasks;
 
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Read, write, list and watch shared documents (the state service).
+    #[command(subcommand)]
+    State(state::StateCommand),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Task(command) => tasks::run(&connect(&cli.nats).await?, command).await,
         Command::Events(command) => events::run(&cli.nats, &cli.database, command).await,
         Command::Dlq(command) => dlq::run(&connect(&cli.nats).await?, command).await,
+        Command::State(command) => state::run(&connect(&cli.nats).await?, command).await,
     }
 }
 

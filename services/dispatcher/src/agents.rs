@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use concord_directory::SharedDirectory;
-use concord_runtime::Clock;
 use concord_identity::{Claim, SIGNATURE, SIGNED_AT, SIGNER, Verifier, purpose};
+use concord_runtime::Clock;
 use concord_wire::codec::{self, ContentType};
 use concord_wire::v1::{AgentHealth, AgentRecord, Heartbeat};
 

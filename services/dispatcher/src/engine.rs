@@ -199,8 +199,7 @@ impl Engine {
         // timings) comes from the configured clock.
         let clock = parts.config.clock.clone();
         // Jitter only needs to differ between replicas and restarts.
-        let seed = (clock.now().timestamp_nanos_opt().unwrap_or(0) as u64)
-            ^ 0x9e37_79b9_7f4a_7c15;
+        let seed = (clock.now().timestamp_nanos_opt().unwrap_or(0) as u64) ^ 0x9e37_79b9_7f4a_7c15;
         let now = clock.instant();
         Ok(Self {
             config: parts.config,
@@ -421,7 +420,12 @@ impl Engine {
             }
         }
         self.targeted_dirty |= !self.targeted.is_empty();
-        if self.clock.instant().saturating_duration_since(self.pruned_at) >= PRUNE_EVERY {
+        if self
+            .clock
+            .instant()
+            .saturating_duration_since(self.pruned_at)
+            >= PRUNE_EVERY
+        {
             self.forget_departed_agents();
         }
         self.metrics.queued.set(

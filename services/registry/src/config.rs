@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_runtime::{Clock, SystemClock};
 use crate::liveness::LivenessPolicy;
+use concord_runtime::{Clock, SystemClock};
 
 /// Command-line / environment settings of the registry.
 #[derive(Debug, Clone, clap::Args)]

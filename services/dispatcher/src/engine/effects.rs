@@ -252,7 +252,9 @@ impl Engine {
     fn carry_record(&mut self, task_id: &str, event: TaskEvent, at: &Moment) {
         let finished = matches!(
             event,
-            TaskEvent::Completed { .. } | TaskEvent::DeadLettered { .. } | TaskEvent::Cancelled { .. }
+            TaskEvent::Completed { .. }
+                | TaskEvent::DeadLettered { .. }
+                | TaskEvent::Cancelled { .. }
         );
         self.record(task_id, event);
         if finished && let Some(held) = self.tasks.get_mut(task_id) {

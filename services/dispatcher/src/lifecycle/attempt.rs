@@ -59,7 +59,6 @@ pub enum Finished {
     },
 }
 
-
 impl Attempt {
     /// Attempt `number` sent to `agents` at `now`, with `lease` to answer.
     pub fn start(number: u32, agents: &[String], lease: Duration, now: Instant) -> Self {

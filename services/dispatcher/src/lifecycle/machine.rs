@@ -164,7 +164,13 @@ impl Task {
     /// A task in `phase` whose stored history has `attempts` attempts, of
     /// which `attempts_run` count against its limit. `fan_out`: its strategy
     /// keeps every agent's output.
-    pub fn new(spec: &TaskSpec, phase: Phase, attempts: u32, attempts_run: u32, fan_out: bool) -> Self {
+    pub fn new(
+        spec: &TaskSpec,
+        phase: Phase,
+        attempts: u32,
+        attempts_run: u32,
+        fan_out: bool,
+    ) -> Self {
         Self {
             phase,
             attempt: attempts,

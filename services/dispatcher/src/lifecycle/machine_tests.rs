@@ -103,7 +103,13 @@ impl Run {
         self.step(ms, Input::Routed { agents: agents(to) })
     }
 
-    fn reply(&mut self, ms: u64, attempt: u32, index: usize, outcome: Result<serde_json::Value, TaskError>) -> Vec<Effect> {
+    fn reply(
+        &mut self,
+        ms: u64,
+        attempt: u32,
+        index: usize,
+        outcome: Result<serde_json::Value, TaskError>,
+    ) -> Vec<Effect> {
         self.step(
             ms,
             Input::Reply {
@@ -142,7 +148,12 @@ fn a_queued_task_routed_to_an_agent_is_sent_with_its_lease_timer() {
     let mut run = Run::new(3);
     assert_eq!(run.step(0, Input::Queue), [Effect::Queue]);
     assert_eq!(run.task.queued_since(), Some(run.t0));
-    let effects = run.step(5, Input::Routed { agents: agents(&["a"]) });
+    let effects = run.step(
+        5,
+        Input::Routed {
+            agents: agents(&["a"]),
+        },
+    );
     assert_eq!(effects, sent(1, &["a"], true, ms(&run, 1_005)));
     assert_eq!(run.task.awaiting(1, 0), Some("a"));
     assert_eq!(run.task.working_agents(), ["a"]);
@@ -161,16 +172,37 @@ fn routed_to_nobody_goes_back_in_line() {
     // A half-open breaker's single probe went to another task meanwhile.
     let mut run = Run::new(3);
     run.step(0, Input::Queue);
-    assert_eq!(run.step(7, Input::Routed { agents: vec![] }), [Effect::Queue]);
+    assert_eq!(
+        run.step(7, Input::Routed { agents: vec![] }),
+        [Effect::Queue]
+    );
     assert_eq!(run.task.queued_since(), Some(ms(&run, 7)));
 }
 
 #[test]
 fn routing_is_ignored_unless_the_task_is_queued() {
     let mut run = Run::new(3);
-    assert!(run.step(0, Input::Routed { agents: agents(&["a"]) }).is_empty(), "looking");
+    assert!(
+        run.step(
+            0,
+            Input::Routed {
+                agents: agents(&["a"])
+            }
+        )
+        .is_empty(),
+        "looking"
+    );
     run.start(0, &["a"]);
-    assert!(run.step(1, Input::Routed { agents: agents(&["b"]) }).is_empty(), "running");
+    assert!(
+        run.step(
+            1,
+            Input::Routed {
+                agents: agents(&["b"])
+            }
+        )
+        .is_empty(),
+        "running"
+    );
     assert_eq!(run.task.working_agents(), ["a"]);
 }
 
@@ -179,7 +211,12 @@ fn a_task_whose_deadline_passed_before_it_started_is_dead_lettered_unsent() {
     let mut run = Run::new(3);
     run.step(0, Input::Queue);
     run.deadline_passed = true;
-    let effects = run.step(10, Input::Routed { agents: agents(&["a"]) });
+    let effects = run.step(
+        10,
+        Input::Routed {
+            agents: agents(&["a"]),
+        },
+    );
     assert_eq!(
         effects,
         [
@@ -227,10 +264,19 @@ fn a_success_releases_the_agent_and_completes_the_task() {
 fn stale_and_second_replies_change_nothing() {
     let mut run = Run::new(3);
     run.start(0, &["a", "b"]);
-    assert!(run.reply(10, 2, 0, Ok(json!(1))).is_empty(), "another attempt");
-    assert!(run.reply(10, 1, 5, Ok(json!(1))).is_empty(), "no such agent");
+    assert!(
+        run.reply(10, 2, 0, Ok(json!(1))).is_empty(),
+        "another attempt"
+    );
+    assert!(
+        run.reply(10, 1, 5, Ok(json!(1))).is_empty(),
+        "no such agent"
+    );
     assert_eq!(run.reply(10, 1, 0, Err(failure("x", true))).len(), 2);
-    assert!(run.reply(20, 1, 0, Ok(json!(1))).is_empty(), "second answer");
+    assert!(
+        run.reply(20, 1, 0, Ok(json!(1))).is_empty(),
+        "second answer"
+    );
     assert_eq!(run.task.working_agents(), ["b"]);
 }
 
@@ -264,15 +310,33 @@ fn a_retryable_failure_is_retried_after_the_backoff_and_avoids_the_agent() {
         ]
     );
     assert!(matches!(run.task.phase(), Phase::Backoff));
-    assert_eq!(run.task.avoid(), ["a"], "the retry goes elsewhere if it can");
+    assert_eq!(
+        run.task.avoid(),
+        ["a"],
+        "the retry goes elsewhere if it can"
+    );
     // A stale retry timer (another attempt's) does nothing; the right one
     // puts it back in line.
-    assert!(run.step(300, Input::Woke(Wake::Backoff { attempt: 3 })).is_empty());
-    assert_eq!(run.step(300, Input::Woke(Wake::Backoff { attempt: 2 })), [Effect::Queue]);
-    let effects = run.step(301, Input::Routed { agents: agents(&["b"]) });
+    assert!(
+        run.step(300, Input::Woke(Wake::Backoff { attempt: 3 }))
+            .is_empty()
+    );
+    assert_eq!(
+        run.step(300, Input::Woke(Wake::Backoff { attempt: 2 })),
+        [Effect::Queue]
+    );
+    let effects = run.step(
+        301,
+        Input::Routed {
+            agents: agents(&["b"]),
+        },
+    );
     assert_eq!(effects, sent(2, &["b"], false, ms(&run, 1_301)));
     // The old lease timer of attempt 1 finds nothing to do.
-    assert!(run.step(1_000, Input::Woke(Wake::Lease { attempt: 1 })).is_empty());
+    assert!(
+        run.step(1_000, Input::Woke(Wake::Lease { attempt: 1 }))
+            .is_empty()
+    );
 }
 
 #[test]
@@ -287,7 +351,12 @@ fn the_retry_delay_grows_with_each_failed_attempt() {
             delay_ms: delay,
         })));
         now += delay;
-        run.step(now, Input::Woke(Wake::Backoff { attempt: attempt + 1 }));
+        run.step(
+            now,
+            Input::Woke(Wake::Backoff {
+                attempt: attempt + 1,
+            }),
+        );
     }
 }
 
@@ -297,7 +366,12 @@ fn the_last_attempt_failing_dead_letters_with_every_attempt_in_the_history() {
     run.start(0, &["a"]);
     run.reply(10, 1, 0, Err(failure("first", true)));
     run.step(210, Input::Woke(Wake::Backoff { attempt: 2 }));
-    run.step(210, Input::Routed { agents: agents(&["b"]) });
+    run.step(
+        210,
+        Input::Routed {
+            agents: agents(&["b"]),
+        },
+    );
     let last = failure("second", true);
     let effects = run.reply(220, 2, 0, Err(last.clone()));
     let Some(Effect::DeadLetter {
@@ -305,7 +379,9 @@ fn the_last_attempt_failing_dead_letters_with_every_attempt_in_the_history() {
         message,
         last: kept,
         history,
-    }) = effects.iter().find(|e| matches!(e, Effect::DeadLetter { .. }))
+    }) = effects
+        .iter()
+        .find(|e| matches!(e, Effect::DeadLetter { .. }))
     else {
         panic!("no dead letter in {effects:?}");
     };
@@ -409,7 +485,10 @@ fn lease_expiry_fails_only_the_silent_agent_and_the_attempt_ends() {
     );
     assert!(matches!(
         effects[5],
-        Effect::Record(TaskEvent::Retried { next_attempt: 2, .. })
+        Effect::Record(TaskEvent::Retried {
+            next_attempt: 2,
+            ..
+        })
     ));
     let mut avoided = run.task.avoid().to_vec();
     avoided.sort();
@@ -460,7 +539,10 @@ fn progress_from_anyone_else_is_ignored() {
     };
     assert!(run.step(0, progress(1, "a")).is_empty(), "not running");
     run.start(0, &["a"]);
-    assert!(run.step(10, progress(1, "mallory")).is_empty(), "not its agent");
+    assert!(
+        run.step(10, progress(1, "mallory")).is_empty(),
+        "not its agent"
+    );
     assert!(run.step(10, progress(2, "a")).is_empty(), "another attempt");
     assert_eq!(
         run.step(1_000, Input::Woke(Wake::Lease { attempt: 1 }))[0],
@@ -499,7 +581,10 @@ fn cancelling_a_running_task_stops_and_releases_its_working_agents() {
     );
     assert!(run.task.is_final());
     assert!(run.reply(30, 1, 1, Ok(json!(2))).is_empty(), "a late reply");
-    assert!(run.step(1_000, Input::Woke(Wake::Lease { attempt: 1 })).is_empty());
+    assert!(
+        run.step(1_000, Input::Woke(Wake::Lease { attempt: 1 }))
+            .is_empty()
+    );
 }
 
 #[test]
@@ -517,7 +602,16 @@ fn cancelling_a_queued_or_backing_off_task_ends_it_at_once() {
     queued.step(0, Input::Queue);
     assert_eq!(queued.step(1, cancel()), cancelled);
     assert!(queued.task.is_final());
-    assert!(queued.step(2, Input::Routed { agents: agents(&["a"]) }).is_empty());
+    assert!(
+        queued
+            .step(
+                2,
+                Input::Routed {
+                    agents: agents(&["a"])
+                }
+            )
+            .is_empty()
+    );
 
     let mut backing_off = Run::new(3);
     backing_off.start(0, &["a"]);
@@ -538,7 +632,10 @@ fn cancelling_a_task_that_is_finishing_or_being_looked_up_waits_for_its_outcome(
     };
     let mut looking = Run::new(3);
     assert!(looking.step(0, cancel()).is_empty());
-    assert!(matches!(looking.task.phase(), Phase::Looking), "the lookup decides first");
+    assert!(
+        matches!(looking.task.phase(), Phase::Looking),
+        "the lookup decides first"
+    );
     let mut done = Run::new(3);
     done.start(0, &["a"]);
     done.reply(1, 1, 0, Ok(json!(1)));
@@ -576,7 +673,9 @@ fn a_fan_out_keeps_every_output_and_succeeds_if_anyone_did() {
     let effects = run.reply(20, 1, 1, Ok(json!("b")));
     let Some(Effect::Record(TaskEvent::Completed {
         agent_id, outputs, ..
-    })) = effects.iter().find(|e| matches!(e, Effect::Record(TaskEvent::Completed { .. })))
+    })) = effects
+        .iter()
+        .find(|e| matches!(e, Effect::Record(TaskEvent::Completed { .. })))
     else {
         panic!("not completed: {effects:?}");
     };
@@ -593,10 +692,17 @@ fn a_landed_write_writes_again_publishes_or_waits() {
     };
     let mut run = Run::new(3);
     run.start(0, &["a"]);
-    assert!(run.step(1, written(true, false)).is_empty(), "nothing more to do");
+    assert!(
+        run.step(1, written(true, false)).is_empty(),
+        "nothing more to do"
+    );
     assert_eq!(run.step(1, written(true, true)), [Effect::WriteLater]);
     run.reply(2, 1, 0, Ok(json!(1)));
-    assert_eq!(run.step(3, written(true, true)), [Effect::Write], "final: at once");
+    assert_eq!(
+        run.step(3, written(true, true)),
+        [Effect::Write],
+        "final: at once"
+    );
     assert_eq!(run.step(4, written(true, false)), [Effect::Publish]);
 }
 
@@ -666,7 +772,10 @@ fn verdicts_open_the_breaker_and_the_half_open_probe_closes_it() {
         let effects = run.reply(now, 1, 0, Err(failure("boom", true)));
         apply(&mut breakers, &effects, now);
     }
-    assert!(breakers.is_open("a", now), "opened after {threshold} failures");
+    assert!(
+        breakers.is_open("a", now),
+        "opened after {threshold} failures"
+    );
     now += cooldown;
     assert!(!breakers.is_open("a", now), "half-open after the cooldown");
 
@@ -676,12 +785,19 @@ fn verdicts_open_the_breaker_and_the_half_open_probe_closes_it() {
     assert!(breakers.is_open("a", now), "one probe at a time");
     let cancelled = probe.step(now, Input::Cancel { reason: "x".into() });
     apply(&mut breakers, &cancelled, now);
-    assert!(!breakers.is_open("a", now), "the cancelled probe is given back");
+    assert!(
+        !breakers.is_open("a", now),
+        "the cancelled probe is given back"
+    );
 
     // The next probe succeeds: closed.
     let mut probe = Run::new(1);
     apply(&mut breakers, &probe.start(now, &["a"]), now);
-    apply(&mut breakers, &probe.reply(now + 5, 1, 0, Ok(json!(1))), now + 5);
+    apply(
+        &mut breakers,
+        &probe.reply(now + 5, 1, 0, Ok(json!(1))),
+        now + 5,
+    );
     assert_eq!(
         breakers.state("a", now + 5),
         crate::breaker::BreakerState::Closed {

@@ -18,7 +18,6 @@ pub enum AfterFailure {
     GiveUp { code: &'static str, message: String },
 }
 
-
 /// What a valid submission becomes, given what the store holds for its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {

@@ -326,7 +326,10 @@ fn without_an_eligible_agent_a_task_waits_then_gives_up() {
 #[test]
 fn a_pulled_submission_held_here_is_a_redelivery_or_a_duplicate() {
     let never = || -> bool { panic!("the filter is not asked about held ids") };
-    assert_eq!(arrival(Some(7), 7, false, false, never), Arrival::Redelivered);
+    assert_eq!(
+        arrival(Some(7), 7, false, false, never),
+        Arrival::Redelivered
+    );
     assert_eq!(arrival(Some(7), 9, true, false, never), Arrival::Duplicate);
     assert_eq!(
         arrival(Some(0), 9, true, false, never),

@@ -1378,7 +1378,9 @@ fn a_retry_comes_back_to_a_failed_agent_only_when_nobody_else_can_take_it() {
     let decision = router.route_avoiding(&spec, &all, &avoid);
     assert_eq!(decision, RouteDecision::Assign(vec!["a".into()]));
     // Nobody at all: the reason is the one for every candidate.
-    let records = vec![agent_with("a", |r| r.liveness = Liveness::Unavailable as i32)];
+    let records = vec![agent_with("a", |r| {
+        r.liveness = Liveness::Unavailable as i32
+    })];
     let decision = router.route_avoiding(&spec, &candidates(&records), &avoid);
     assert!(matches!(decision, RouteDecision::NoEligibleAgent { .. }));
 }
