@@ -188,6 +188,8 @@ pub struct Engine {
     known_retry_at: Instant,
     started: Instant,
     clock: Arc<dyn Clock>,
+    /// The effects of the step being carried out (one buffer, reused).
+    effects: Vec<crate::lifecycle::Effect>,
     rng: u64,
 }
 
@@ -237,6 +239,7 @@ impl Engine {
             known_retry_at: now,
             started: now,
             clock,
+            effects: Vec::with_capacity(16),
             rng: seed | 1,
         })
     }

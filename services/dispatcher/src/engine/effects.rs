@@ -28,7 +28,6 @@ impl Engine {
     pub(super) fn moment(&mut self) -> Moment {
         Moment {
             now: self.clock.instant(),
-            unix_ms: self.clock.unix_ms(),
             jitter: self.sample(),
         }
     }
@@ -39,13 +38,22 @@ impl Engine {
         let Some(held) = self.tasks.get_mut(task_id) else {
             return;
         };
-        let deadline_passed = held.spec.deadline_passed(at.unix_ms);
-        let effects = held
-            .life
-            .step(input, &at, deadline_passed, &self.config.backoff);
-        for effect in effects {
+        // The wall clock is read only for tasks with a deadline.
+        let deadline_passed =
+            held.spec.deadline.is_some() && held.spec.deadline_passed(self.clock.unix_ms());
+        // One buffer for every step: carrying out effects never steps again.
+        let mut effects = std::mem::take(&mut self.effects);
+        held.life.step_into(
+            input,
+            &at,
+            deadline_passed,
+            &self.config.backoff,
+            &mut effects,
+        );
+        for effect in effects.drain(..) {
             self.carry_out(task_id, effect, &at).await;
         }
+        self.effects = effects;
     }
 
     async fn carry_out(&mut self, task_id: &str, effect: Effect, at: &Moment) {

@@ -1,4 +1,4 @@
-//! A held task as a state machine: [`Task::step`] takes one input (routed,
+//! A held task as a state machine: [`Task::step_into`] takes one input (routed,
 //! an agent's reply, progress, a timer, a cancellation, a write landed) at a
 //! given moment and answers the effects the engine must carry out, in order.
 //! Nothing here sends, writes or reads a clock.
@@ -28,13 +28,12 @@ pub enum Phase {
     Final,
 }
 
-/// The moment an input happens, on the engine's clock.
+/// The moment an input happens, on the engine's clock (the task's
+/// deadline, on the wall clock, is judged by the caller: `deadline_passed`).
 #[derive(Debug, Clone, Copy)]
 pub struct Moment {
     /// Monotonic time, for leases and delays.
     pub now: Instant,
-    /// Wall time in Unix milliseconds, for the task's deadline.
-    pub unix_ms: i64,
     /// A uniform sample in `0..=1` for the retry delay's jitter.
     pub jitter: f64,
 }
@@ -227,6 +226,7 @@ impl Task {
     /// task's deadline has passed by then. Inputs that do not apply in the
     /// current phase (a stale reply, a timer of an attempt that is over)
     /// change nothing and answer no effects.
+    #[cfg(test)]
     pub fn step(
         &mut self,
         input: Input,
@@ -235,12 +235,26 @@ impl Task {
         backoff: &BackoffPolicy,
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
+        self.step_into(input, at, deadline_passed, backoff, &mut effects);
+        effects
+    }
+
+    /// Like `step` (the tests' form, answering a `Vec`), appending the
+    /// effects to `effects`: the engine reuses one buffer.
+    pub fn step_into(
+        &mut self,
+        input: Input,
+        at: &Moment,
+        deadline_passed: bool,
+        backoff: &BackoffPolicy,
+        effects: &mut Vec<Effect>,
+    ) {
         match input {
-            Input::Queue => self.queue(at, &mut effects),
-            Input::Routed { agents } => self.start(agents, at, deadline_passed, &mut effects),
+            Input::Queue => self.queue(at, effects),
+            Input::Routed { agents } => self.start(agents, at, deadline_passed, effects),
             Input::NoAgent { reason } => {
                 if matches!(self.phase, Phase::Queued { .. }) {
-                    self.give_up(reason::NO_ELIGIBLE_AGENT, reason, None, &mut effects);
+                    self.give_up(reason::NO_ELIGIBLE_AGENT, reason, None, effects);
                 }
             }
             Input::Reply {
@@ -249,7 +263,7 @@ impl Task {
                 outcome,
             } => {
                 if self.awaiting(attempt, index).is_some() {
-                    self.answer(index, outcome, at, deadline_passed, backoff, &mut effects);
+                    self.answer(index, outcome, at, deadline_passed, backoff, effects);
                 }
             }
             Input::Progress {
@@ -270,20 +284,19 @@ impl Task {
                 }
             }
             Input::Woke(Wake::Lease { attempt }) => {
-                self.lease_timer(attempt, at, deadline_passed, backoff, &mut effects)
+                self.lease_timer(attempt, at, deadline_passed, backoff, effects)
             }
             Input::Woke(Wake::Backoff { attempt }) => {
                 if matches!(self.phase, Phase::Backoff) && self.attempt + 1 == attempt {
-                    self.queue(at, &mut effects);
+                    self.queue(at, effects);
                 }
             }
-            Input::Cancel { reason } => self.cancel(reason, &mut effects),
+            Input::Cancel { reason } => self.cancel(reason, effects),
             Input::Written {
                 owned,
                 more_pending,
-            } => self.written(owned, more_pending, &mut effects),
+            } => self.written(owned, more_pending, effects),
         }
-        effects
     }
 
     fn queue(&mut self, at: &Moment, effects: &mut Vec<Effect>) {

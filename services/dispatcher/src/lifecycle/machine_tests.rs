@@ -84,7 +84,6 @@ impl Run {
     fn at(&self, ms: u64) -> Moment {
         Moment {
             now: self.t0 + Duration::from_millis(ms),
-            unix_ms: 1_700_000_000_000 + ms as i64,
             jitter: 0.5,
         }
     }
