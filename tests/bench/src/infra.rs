@@ -302,6 +302,8 @@ mod tests {
         assert_eq!(baseline.phases.seconds, 10);
         let registry: crate::registry::RegistryArgs = defaults();
         assert!(!registry.no_build);
+        let state: crate::state::StateArgs = defaults();
+        assert_eq!((state.keys, state.contended_writers), (10_000, 8));
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod load;
 mod procfs;
 mod registry;
 mod signatures;
+mod state;
 mod stats;
 
 use std::process::ExitCode;
@@ -41,7 +42,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Every benchmark with its default settings: signatures, registry,
-    /// then the dispatcher (which runs the raw baseline first).
+    /// the dispatcher (which runs the raw baseline first), then the state
+    /// service (its own baseline first).
     All,
     /// 10,000 agents heartbeating every second against one registry:
     /// discovery latency next to a NATS baseline, registry CPU and memory.
@@ -59,6 +61,10 @@ enum Command {
     /// The cost of signed heartbeats: ed25519 sign and verify of one
     /// heartbeat next to parsing its JSON, projected to N agents.
     Signatures(signatures::SignatureArgs),
+    /// Durable compare-and-set updates through the real state binary next
+    /// to a raw batched-UPDATE baseline; one-at-a-time latency; a contended
+    /// key with 8 writers.
+    State(state::StateArgs),
 }
 
 /// One benchmark's report, ready for printing.
@@ -83,6 +89,11 @@ async fn run(command: Command) -> anyhow::Result<Vec<Report>> {
             markdown: report.markdown(),
         });
     }
+    let state = match &command {
+        Command::All => Some(state::StateArgs::default()),
+        Command::State(args) => Some(args.clone()),
+        _ => None,
+    };
     let (registry, baseline, dispatcher) = match command {
         Command::All => (
             Some(registry::RegistryArgs::default()),
@@ -92,7 +103,7 @@ async fn run(command: Command) -> anyhow::Result<Vec<Report>> {
         Command::Registry(args) => (Some(args), None, None),
         Command::Baseline(args) => (None, Some(args), None),
         Command::Dispatcher(args) => (None, None, Some(args)),
-        Command::Signatures(_) => (None, None, None),
+        Command::Signatures(_) | Command::State(_) => (None, None, None),
     };
     if let Some(args) = registry {
         let report = registry::run(&args).await?;
@@ -114,6 +125,14 @@ async fn run(command: Command) -> anyhow::Result<Vec<Report>> {
         let report = dispatcher::run(&args).await?;
         reports.push(Report {
             name: "dispatcher",
+            json: serde_json::to_value(&report)?,
+            markdown: report.markdown(),
+        });
+    }
+    if let Some(args) = state {
+        let report = state::run(&args).await?;
+        reports.push(Report {
+            name: "state",
             json: serde_json::to_value(&report)?,
             markdown: report.markdown(),
         });

@@ -51,19 +51,29 @@ impl Engine {
             &mut effects,
         );
         for effect in effects.drain(..) {
-            self.carry_out(task_id, effect, &at).await;
+            // Only these four do I/O; the rest are applied synchronously, so
+            // a step does not build (and move) an I/O future per effect.
+            match effect {
+                Effect::Send {
+                    attempt,
+                    agents,
+                    first,
+                } => self.send(task_id, attempt, &agents, first, &at).await,
+                Effect::Stop { agent, reason } => {
+                    self.cancel_on_agent(&agent, task_id, &reason).await
+                }
+                Effect::Publish => self.publish(task_id, &at).await,
+                Effect::Disown => self.disown(task_id).await,
+                effect => self.apply(task_id, effect, &at),
+            }
         }
         self.effects = effects;
     }
 
-    async fn carry_out(&mut self, task_id: &str, effect: Effect, at: &Moment) {
+    /// Carries out an effect that needs no I/O.
+    fn apply(&mut self, task_id: &str, effect: Effect, at: &Moment) {
         match effect {
             Effect::Queue => self.enqueue(task_id),
-            Effect::Send {
-                attempt,
-                agents,
-                first,
-            } => self.send(task_id, attempt, &agents, first, at).await,
             Effect::Record(event) => {
                 match &event {
                     TaskEvent::Completed { .. } => {
@@ -87,7 +97,6 @@ impl Engine {
                 self.timers.push(Reverse((when, task_id.to_string(), wake)))
             }
             Effect::Release { agent, verdict } => self.release(task_id, &agent, verdict),
-            Effect::Stop { agent, reason } => self.cancel_on_agent(&agent, task_id, &reason).await,
             Effect::AttemptOver => {
                 if let Some(held) = self.tasks.get_mut(task_id)
                     && let Some(since) = held.stage_since.replace(at.now)
@@ -107,8 +116,9 @@ impl Engine {
             } => self.dead_letter(task_id, code, message, last, history, at),
             Effect::Write => self.send_write(task_id),
             Effect::WriteLater => self.deferred.push_back((at.now, task_id.to_string())),
-            Effect::Publish => self.publish(task_id, at).await,
-            Effect::Disown => self.disown(task_id).await,
+            Effect::Send { .. } | Effect::Stop { .. } | Effect::Publish | Effect::Disown => {
+                unreachable!("I/O effects are carried out by step")
+            }
         }
     }
 
