@@ -17,7 +17,7 @@ mod rules;
 
 #[cfg(test)]
 pub use attempt::lease_expired_error;
-pub use machine::{Effect, Input, Moment, Phase, Task, Verdict, Wake};
+pub use machine::{Effect, GiveUp, Input, Moment, Phase, Task, Verdict, Wake};
 pub use rules::{
     Admission, Arrival, NoAgent, admission, arrival, dead_letter_error, without_agent,
 };

@@ -14,7 +14,7 @@ use concord_wire::v1::{CancelTask, TaskAssignment};
 use super::Engine;
 use super::assign::task_traceparent;
 use super::intake::headers_of;
-use crate::lifecycle::{Effect, Input, Moment, Verdict, dead_letter_error};
+use crate::lifecycle::{Effect, GiveUp, Input, Moment, Verdict, dead_letter_error};
 use crate::metrics::Stage;
 use crate::performance::Sample;
 use crate::projection::TaskEvent;
@@ -75,6 +75,7 @@ impl Engine {
         match effect {
             Effect::Queue => self.enqueue(task_id),
             Effect::Record(event) => {
+                let event = *event;
                 match &event {
                     TaskEvent::Completed { .. } => {
                         self.metrics.completed.inc();
@@ -108,12 +109,15 @@ impl Engine {
             Effect::LeaseExpired => {
                 self.metrics.lease_expired.inc();
             }
-            Effect::DeadLetter {
-                code,
-                message,
-                last,
-                history,
-            } => self.dead_letter(task_id, code, message, last, history, at),
+            Effect::DeadLetter(give_up) => {
+                let GiveUp {
+                    code,
+                    message,
+                    last,
+                    history,
+                } = *give_up;
+                self.dead_letter(task_id, code, message, last, history, at)
+            }
             Effect::Write => self.send_write(task_id),
             Effect::WriteLater => self.deferred.push_back((at.now, task_id.to_string())),
             Effect::Send { .. } | Effect::Stop { .. } | Effect::Publish | Effect::Disown => {

@@ -107,8 +107,9 @@ pub enum Effect {
         agents: Vec<String>,
         first: bool,
     },
-    /// Append this event to the task's history.
-    Record(TaskEvent),
+    /// Append this event to the task's history (boxed: events are the
+    /// largest values here, and effects move through a buffer).
+    Record(Box<TaskEvent>),
     /// Set a timer for the task.
     Wake { at: Instant, wake: Wake },
     /// An agent is done with the task: give back its capacity and record
@@ -123,12 +124,7 @@ pub enum Effect {
     LeaseExpired,
     /// Keep the task in the dead-letter store (its event, `DeadLettered`,
     /// names the stored letter, so the engine records it).
-    DeadLetter {
-        code: &'static str,
-        message: String,
-        last: Option<TaskError>,
-        history: Vec<serde_json::Value>,
-    },
+    DeadLetter(Box<GiveUp>),
     /// Write the pending events now (the task is final).
     Write,
     /// Write the pending events with the next batch.
@@ -139,6 +135,24 @@ pub enum Effect {
     /// Another replica owns the task: acknowledge this copy, answer
     /// whoever waits with nothing, forget the task.
     Disown,
+}
+
+/// Why and how a task ends in the dead-letter store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GiveUp {
+    pub code: &'static str,
+    pub message: String,
+    /// The last agent error, if an agent failed it.
+    pub last: Option<TaskError>,
+    /// What every attempt did.
+    pub history: Vec<serde_json::Value>,
+}
+
+impl Effect {
+    /// [`Effect::Record`] of `event`.
+    pub fn record(event: TaskEvent) -> Self {
+        Effect::Record(Box::new(event))
+    }
 }
 
 /// A held task's lifecycle.
@@ -275,7 +289,7 @@ impl Task {
                 if let Phase::Running(run) = &mut self.phase
                     && run.progress(attempt, &agent_id, at.now)
                 {
-                    effects.push(Effect::Record(TaskEvent::Progress {
+                    effects.push(Effect::record(TaskEvent::Progress {
                         attempt,
                         agent_id,
                         fraction: fraction.clamp(0.0, 1.0),
@@ -334,7 +348,7 @@ impl Task {
         let run = Attempt::start(attempt, &agents, self.lease, at.now);
         let lease_deadline = run.lease_deadline();
         self.phase = Phase::Running(run);
-        effects.push(Effect::Record(TaskEvent::Assigned {
+        effects.push(Effect::record(TaskEvent::Assigned {
             attempt,
             agents: agents.clone(),
         }));
@@ -381,7 +395,7 @@ impl Task {
                         retryable: error.retryable,
                     },
                 });
-                effects.push(Effect::Record(TaskEvent::Failed {
+                effects.push(Effect::record(TaskEvent::Failed {
                     attempt,
                     agent_id: agent,
                     error,
@@ -409,7 +423,7 @@ impl Task {
         let fan_out = self.fan_out || run.agent_count() > 1;
         let (failed, last, retryable) = match run.finish(fan_out) {
             Finished::Completed(event) => {
-                effects.push(Effect::Record(event));
+                effects.push(Effect::Record(Box::new(event)));
                 self.finalize(effects);
                 return;
             }
@@ -438,7 +452,7 @@ impl Task {
                 next_attempt,
                 delay,
             } => {
-                effects.push(Effect::Record(TaskEvent::Retried {
+                effects.push(Effect::record(TaskEvent::Retried {
                     next_attempt,
                     delay_ms: delay.as_millis() as u64,
                 }));
@@ -506,7 +520,7 @@ impl Task {
                 });
             }
         }
-        effects.push(Effect::Record(TaskEvent::Cancelled { reason: why }));
+        effects.push(Effect::record(TaskEvent::Cancelled { reason: why }));
         self.finalize(effects);
     }
 
@@ -540,12 +554,12 @@ impl Task {
         last: Option<TaskError>,
         effects: &mut Vec<Effect>,
     ) {
-        effects.push(Effect::DeadLetter {
+        effects.push(Effect::DeadLetter(Box::new(GiveUp {
             code,
             message,
             last,
             history: std::mem::take(&mut self.history),
-        });
+        })));
         self.finalize(effects);
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use concord_wire::v1::{RoutingStrategy, TaskError};
 use serde_json::json;
 
-use super::machine::{Effect, Input, Moment, Phase, Task, Verdict, Wake};
+use super::machine::{Effect, GiveUp, Input, Moment, Phase, Task, Verdict, Wake};
 use crate::backoff::BackoffPolicy;
 use crate::breaker::{BreakerPolicy, Breakers};
 use crate::projection::{TaskEvent, reason};
@@ -122,7 +122,7 @@ impl Run {
 
 fn sent(attempt: u32, to: &[&str], first: bool, lease_at: Instant) -> Vec<Effect> {
     vec![
-        Effect::Record(TaskEvent::Assigned {
+        Effect::record(TaskEvent::Assigned {
             attempt,
             agents: agents(to),
         }),
@@ -136,6 +136,14 @@ fn sent(attempt: u32, to: &[&str], first: bool, lease_at: Instant) -> Vec<Effect
             wake: Wake::Lease { attempt },
         },
     ]
+}
+
+/// The dead letter among `effects`, if any.
+fn dead_letter(effects: &[Effect]) -> Option<&GiveUp> {
+    effects.iter().find_map(|e| match e {
+        Effect::DeadLetter(give_up) => Some(give_up.as_ref()),
+        _ => None,
+    })
 }
 
 fn ms(run: &Run, ms: u64) -> Instant {
@@ -219,12 +227,12 @@ fn a_task_whose_deadline_passed_before_it_started_is_dead_lettered_unsent() {
     assert_eq!(
         effects,
         [
-            Effect::DeadLetter {
+            Effect::DeadLetter(Box::new(GiveUp {
                 code: reason::DEADLINE_EXCEEDED,
                 message: "the task's deadline passed before it could be started".into(),
                 last: None,
                 history: vec![],
-            },
+            })),
             Effect::Write,
         ]
     );
@@ -246,7 +254,7 @@ fn a_success_releases_the_agent_and_completes_the_task() {
                 },
             },
             Effect::AttemptOver,
-            Effect::Record(TaskEvent::Completed {
+            Effect::record(TaskEvent::Completed {
                 attempt: 1,
                 agent_id: "a".into(),
                 output: Some(json!({"echo": 1})),
@@ -292,13 +300,13 @@ fn a_retryable_failure_is_retried_after_the_backoff_and_avoids_the_agent() {
                 agent: "a".into(),
                 verdict: Verdict::Failed { retryable: true },
             },
-            Effect::Record(TaskEvent::Failed {
+            Effect::record(TaskEvent::Failed {
                 attempt: 1,
                 agent_id: "a".into(),
                 error,
             }),
             Effect::AttemptOver,
-            Effect::Record(TaskEvent::Retried {
+            Effect::record(TaskEvent::Retried {
                 next_attempt: 2,
                 delay_ms: 200,
             }),
@@ -345,7 +353,7 @@ fn the_retry_delay_grows_with_each_failed_attempt() {
     for (attempt, delay) in [(1, 200), (2, 400), (3, 800)] {
         run.start(now, &["a"]);
         let effects = run.reply(now, attempt, 0, Err(failure("busy", true)));
-        assert!(effects.contains(&Effect::Record(TaskEvent::Retried {
+        assert!(effects.contains(&Effect::record(TaskEvent::Retried {
             next_attempt: attempt + 1,
             delay_ms: delay,
         })));
@@ -373,14 +381,12 @@ fn the_last_attempt_failing_dead_letters_with_every_attempt_in_the_history() {
     );
     let last = failure("second", true);
     let effects = run.reply(220, 2, 0, Err(last.clone()));
-    let Some(Effect::DeadLetter {
+    let Some(GiveUp {
         code,
         message,
         last: kept,
         history,
-    }) = effects
-        .iter()
-        .find(|e| matches!(e, Effect::DeadLetter { .. }))
+    }) = dead_letter(&effects)
     else {
         panic!("no dead letter in {effects:?}");
     };
@@ -401,7 +407,7 @@ fn a_replayed_task_gets_a_fresh_count_of_attempts() {
     run.start(0, &["a"]);
     let effects = run.reply(10, 3, 0, Err(failure("busy", true)));
     assert!(
-        effects.contains(&Effect::Record(TaskEvent::Retried {
+        effects.contains(&Effect::record(TaskEvent::Retried {
             next_attempt: 4,
             delay_ms: 200
         })),
@@ -421,10 +427,10 @@ fn a_permanent_error_dead_letters_at_once_without_blaming_the_agent() {
             verdict: Verdict::Failed { retryable: false },
         }
     );
-    assert!(effects.iter().any(|e| matches!(
-        e,
-        Effect::DeadLetter { code, .. } if *code == reason::TASK_FAILED
-    )));
+    assert_eq!(
+        dead_letter(&effects).map(|g| g.code),
+        Some(reason::TASK_FAILED)
+    );
     assert!(run.task.is_final());
 }
 
@@ -434,10 +440,10 @@ fn a_deadline_passed_during_the_attempt_dead_letters_instead_of_retrying() {
     run.start(0, &["a"]);
     run.deadline_passed = true;
     let effects = run.reply(10, 1, 0, Err(failure("busy", true)));
-    assert!(effects.iter().any(|e| matches!(
-        e,
-        Effect::DeadLetter { code, .. } if *code == reason::DEADLINE_EXCEEDED
-    )));
+    assert_eq!(
+        dead_letter(&effects).map(|g| g.code),
+        Some(reason::DEADLINE_EXCEEDED)
+    );
     assert!(!effects.iter().any(|e| matches!(e, Effect::Wake { .. })));
 }
 
@@ -474,7 +480,7 @@ fn lease_expiry_fails_only_the_silent_agent_and_the_attempt_ends() {
                 agent: "a".into(),
                 verdict: Verdict::Failed { retryable: true },
             },
-            Effect::Record(TaskEvent::Failed {
+            Effect::record(TaskEvent::Failed {
                 attempt: 1,
                 agent_id: "a".into(),
                 error: expired,
@@ -483,11 +489,8 @@ fn lease_expiry_fails_only_the_silent_agent_and_the_attempt_ends() {
         ]
     );
     assert!(matches!(
-        effects[5],
-        Effect::Record(TaskEvent::Retried {
-            next_attempt: 2,
-            ..
-        })
+        &effects[5],
+        Effect::Record(event) if matches!(**event, TaskEvent::Retried { next_attempt: 2, .. })
     ));
     let mut avoided = run.task.avoid().to_vec();
     avoided.sort();
@@ -509,7 +512,7 @@ fn progress_from_a_working_agent_extends_the_lease() {
     );
     assert_eq!(
         effects,
-        [Effect::Record(TaskEvent::Progress {
+        [Effect::record(TaskEvent::Progress {
             attempt: 1,
             agent_id: "a".into(),
             fraction: 1.0,
@@ -572,7 +575,7 @@ fn cancelling_a_running_task_stops_and_releases_its_working_agents() {
                 agent: "b".into(),
                 reason: "not needed".into(),
             },
-            Effect::Record(TaskEvent::Cancelled {
+            Effect::record(TaskEvent::Cancelled {
                 reason: "not needed".into()
             }),
             Effect::Write,
@@ -589,7 +592,7 @@ fn cancelling_a_running_task_stops_and_releases_its_working_agents() {
 #[test]
 fn cancelling_a_queued_or_backing_off_task_ends_it_at_once() {
     let cancelled = [
-        Effect::Record(TaskEvent::Cancelled {
+        Effect::record(TaskEvent::Cancelled {
             reason: "stop".into(),
         }),
         Effect::Write,
@@ -653,12 +656,12 @@ fn nobody_to_take_a_queued_task_dead_letters_it() {
     assert_eq!(
         effects,
         [
-            Effect::DeadLetter {
+            Effect::DeadLetter(Box::new(GiveUp {
                 code: reason::NO_ELIGIBLE_AGENT,
                 message: "no agent has capability echo".into(),
                 last: None,
                 history: vec![],
-            },
+            })),
             Effect::Write,
         ]
     );
@@ -670,12 +673,16 @@ fn a_fan_out_keeps_every_output_and_succeeds_if_anyone_did() {
     run.start(0, &["a", "b"]);
     run.reply(10, 1, 0, Err(failure("a failed", true)));
     let effects = run.reply(20, 1, 1, Ok(json!("b")));
-    let Some(Effect::Record(TaskEvent::Completed {
-        agent_id, outputs, ..
-    })) = effects
-        .iter()
-        .find(|e| matches!(e, Effect::Record(TaskEvent::Completed { .. })))
-    else {
+    let completed = effects.iter().find_map(|e| match e {
+        Effect::Record(event) => match event.as_ref() {
+            TaskEvent::Completed {
+                agent_id, outputs, ..
+            } => Some((agent_id, outputs)),
+            _ => None,
+        },
+        _ => None,
+    });
+    let Some((agent_id, outputs)) = completed else {
         panic!("not completed: {effects:?}");
     };
     assert_eq!(agent_id, "b");
