@@ -18,8 +18,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Bad settings are refused before connecting to anything.
+    let config = match StateConfig::from_args(&cli.state) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("concord-state: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     concord_runtime::run_service(concord_state::INFO, cli.service, |context| async move {
-        let config = StateConfig::from_args(&cli.state)?;
         let (service, _state) = concord_state::build_with(context, config).await?;
         service.run_until_stopped().await
     })
