@@ -43,6 +43,31 @@ impl RunningRegistry {
     }
 }
 
+/// A state service running in-process on a [`World`] until [`RunningState::stop`].
+pub struct RunningState {
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningState {
+    /// Starts the state service with `config` against `world`.
+    pub async fn start(world: &World, config: concord_state::StateConfig) -> anyhow::Result<Self> {
+        let context = world.context(&concord_state::INFO).await?;
+        let shutdown = context.shutdown.clone();
+        let (service, _state) = concord_state::build_with(context, config).await?;
+        Ok(Self {
+            shutdown,
+            task: tokio::spawn(service.run_until_stopped()),
+        })
+    }
+
+    /// Shuts it down and waits for a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 pub use stack::Stack;
 
 /// A real nats-server and a fresh database, isolated from every other test.

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use concord_bus::Shutdown;
 use concord_bus::{Bus, ServiceError};
 use concord_state::StateConfig;
 use concord_store::{DeadLetterFilter, EventStore};
@@ -22,28 +21,7 @@ use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A state service running in-process until [`Running::stop`].
-struct Running {
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(world: &World, config: StateConfig) -> anyhow::Result<Self> {
-        let context = world.context(&concord_state::INFO).await?;
-        let shutdown = context.shutdown.clone();
-        let (service, _state) = concord_state::build_with(context, config).await?;
-        Ok(Self {
-            shutdown,
-            task: tokio::spawn(service.run_until_stopped()),
-        })
-    }
-
-    async fn stop(self) {
-        self.shutdown.trigger();
-        self.task.await.unwrap().unwrap();
-    }
-}
+use concord_tests::RunningState as Running;
 
 async fn call<Q: concord_wire::WireMessage, R: concord_wire::WireMessage>(
     bus: &Bus,
@@ -75,6 +53,7 @@ async fn put(
         value: Some(to_wire_value(value)),
         expected_version: expected,
         actor: actor.into(),
+        fence: None,
     };
     call(bus, "put", &message).await
 }
@@ -140,6 +119,7 @@ async fn documents_are_created_read_compared_and_set_patched_and_deleted() -> an
             patch: Some(to_wire_value(json!({"n": null, "owner": "b"}))),
             expected_version: Some(2),
             actor: "b".into(),
+            fence: None,
         },
     )
     .await?;
@@ -153,6 +133,7 @@ async fn documents_are_created_read_compared_and_set_patched_and_deleted() -> an
             key: "team/plans/q4".into(),
             expected_version: Some(3),
             actor: "b".into(),
+            fence: None,
         },
     )
     .await?;

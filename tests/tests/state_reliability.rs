@@ -128,6 +128,7 @@ async fn a_killed_state_replica_loses_no_acknowledged_write_and_applies_none_twi
                     value: Some(to_wire_value(json!({"n": versions[next] + 1}))),
                     expected_version: Some(versions[next]),
                     actor: format!("w{writer}"),
+                    fence: None,
                 };
                 match call::<_, Document>(&bus, "put", &message).await {
                     Ok(document) => {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use concord_bus::{Bus, ServiceError};
 use concord_wire::json::{from_wire_value, to_wire_value};
 use concord_wire::v1::{
-    CreateDocument, DeleteDocument, Document, DocumentChange, ErrorCode, GetDocument, GetHistory,
-    HistoryReply, ListDocuments, ListDocumentsReply, PatchDocument, PutDocument,
+    CreateDocument, DeleteDocument, Document, DocumentChange, ErrorCode, Fence, GetDocument,
+    GetHistory, HistoryReply, ListDocuments, ListDocumentsReply, PatchDocument, PutDocument,
 };
 use concord_wire::{ContentType, WireMessage};
 use futures::StreamExt;
@@ -38,6 +38,10 @@ pub enum StateCommand {
         expect: Option<u64>,
         #[arg(long, default_value = "")]
         actor: String,
+        /// Fence the write with a lock token, `RESOURCE:TOKEN`: refused
+        /// when a newer token of that lock has been granted.
+        #[arg(long, value_parser = parse_fence)]
+        fence: Option<Fence>,
     },
     /// Apply a JSON merge patch (RFC 7386): `'{"owner":"b","draft":null}'`.
     Patch {
@@ -48,6 +52,10 @@ pub enum StateCommand {
         expect: Option<u64>,
         #[arg(long, default_value = "")]
         actor: String,
+        /// Fence the write with a lock token, `RESOURCE:TOKEN`: refused
+        /// when a newer token of that lock has been granted.
+        #[arg(long, value_parser = parse_fence)]
+        fence: Option<Fence>,
     },
     /// Delete a document (a tombstone keeps its version).
     Delete {
@@ -56,6 +64,10 @@ pub enum StateCommand {
         expect: Option<u64>,
         #[arg(long, default_value = "")]
         actor: String,
+        /// Fence the write with a lock token, `RESOURCE:TOKEN`: refused
+        /// when a newer token of that lock has been granted.
+        #[arg(long, value_parser = parse_fence)]
+        fence: Option<Fence>,
     },
     /// List live documents under a prefix (`team/`, `team/plans/q`).
     List {
@@ -80,6 +92,20 @@ pub enum StateCommand {
     /// Print a key's (or, ending in `/`, a prefix's) current value, then
     /// every change as it is committed, one JSON line each, until Ctrl-C.
     Watch { key_or_prefix: String },
+}
+
+/// `RESOURCE:TOKEN` (the resource may itself hold `:`).
+fn parse_fence(text: &str) -> Result<Fence, String> {
+    let (resource, token) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not RESOURCE:TOKEN"))?;
+    let token = token
+        .parse()
+        .map_err(|_| format!("{token:?} is not a token number"))?;
+    Ok(Fence {
+        resource: resource.to_string(),
+        token,
+    })
 }
 
 fn parse_json(what: &str, text: &str) -> anyhow::Result<serde_json::Value> {
@@ -128,6 +154,7 @@ pub async fn run(bus: &Bus, command: StateCommand) -> anyhow::Result<ExitCode> {
             value,
             expect,
             actor,
+            fence,
         } => {
             let value = Some(to_wire_value(parse_json("the value", &value)?));
             let message = PutDocument {
@@ -135,6 +162,7 @@ pub async fn run(bus: &Bus, command: StateCommand) -> anyhow::Result<ExitCode> {
                 value,
                 expected_version: expect,
                 actor,
+                fence,
             };
             call(bus, "put", &message).await.map_err(failed)?
         }
@@ -143,6 +171,7 @@ pub async fn run(bus: &Bus, command: StateCommand) -> anyhow::Result<ExitCode> {
             patch,
             expect,
             actor,
+            fence,
         } => {
             let patch = Some(to_wire_value(parse_json("the patch", &patch)?));
             let message = PatchDocument {
@@ -150,14 +179,21 @@ pub async fn run(bus: &Bus, command: StateCommand) -> anyhow::Result<ExitCode> {
                 patch,
                 expected_version: expect,
                 actor,
+                fence,
             };
             call(bus, "patch", &message).await.map_err(failed)?
         }
-        StateCommand::Delete { key, expect, actor } => {
+        StateCommand::Delete {
+            key,
+            expect,
+            actor,
+            fence,
+        } => {
             let message = DeleteDocument {
                 key,
                 expected_version: expect,
                 actor,
+                fence,
             };
             call(bus, "delete", &message).await.map_err(failed)?
         }

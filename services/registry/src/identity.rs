@@ -121,7 +121,7 @@ mod tests {
             subject: "concord.registry.heartbeat".into(),
             headers: Some(map),
             payload: Bytes::from_static(payload),
-            expects_reply: true,
+            reply: Some("_INBOX.test".into()),
         }
     }
 

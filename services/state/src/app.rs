@@ -8,9 +8,14 @@ use concord_runtime::ServiceContext;
 use concord_wire::v1::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
+use concord_directory::SharedDirectory;
+
+use crate::barrier_table::{BarrierMetrics, Barriers};
 use crate::config::StateConfig;
 use crate::document::{Refusal, Write};
+use crate::identity::Identity;
 use crate::key::DocKey;
+use crate::lock_table::{LockMetrics, Locks};
 use crate::metrics::Metrics;
 use crate::store::{ChangeRow, DocumentStore};
 use crate::writer::{Pending, WriteError};
@@ -29,15 +34,37 @@ struct Inner {
     config: StateConfig,
     store: DocumentStore,
     writes: mpsc::Sender<Pending>,
+    locks: Locks,
+    barriers: Barriers,
+    identity: Identity,
 }
+
+/// A write fenced by a lock's token: `(resource, token)`.
+pub type Fence = Option<(String, u64)>;
 
 impl State {
     /// The handle, and the writer to run (it stops when the last handle goes).
     pub(crate) fn new(
         context: ServiceContext,
         config: StateConfig,
+        directory: SharedDirectory,
     ) -> (Self, crate::writer::Writer, mpsc::Receiver<Pending>) {
         let store = DocumentStore::new(context.pool.clone());
+        let locks = Locks::new(
+            context.pool.clone(),
+            context.events.clone(),
+            context.bus.client.clone(),
+            config.clock.clone(),
+            LockMetrics::register(&context.metrics),
+        );
+        let barriers = Barriers::new(
+            context.pool.clone(),
+            context.events.clone(),
+            context.bus.client.clone(),
+            config.clock.clone(),
+            BarrierMetrics::register(&context.metrics),
+        );
+        let identity = Identity::new(directory, &context.metrics);
         let metrics = Metrics::register(&context.metrics);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let writer = crate::writer::Writer {
@@ -56,6 +83,9 @@ impl State {
                 config,
                 store,
                 writes,
+                locks,
+                barriers,
+                identity,
             }),
         };
         (state, writer, queue)
@@ -73,12 +103,39 @@ impl State {
         &self.inner.store
     }
 
-    /// Queues `write` of `key` by `actor` and waits for its commit.
+    pub fn locks(&self) -> &Locks {
+        &self.inner.locks
+    }
+
+    pub fn barriers(&self) -> &Barriers {
+        &self.inner.barriers
+    }
+
+    /// The directory copy this service keeps.
+    pub fn directory(&self) -> &SharedDirectory {
+        self.inner.identity.directory()
+    }
+
+    /// Refuses `request` unless `agent` signed it for `purpose` (when the
+    /// directory holds a key for `agent`).
+    pub fn check_identity(
+        &self,
+        request: &concord_bus::Request,
+        purpose: &'static str,
+        agent: &str,
+    ) -> Result<(), ServiceError> {
+        let now = u64::try_from(self.inner.config.clock.unix_ms()).unwrap_or(0);
+        self.inner.identity.check(request, purpose, agent, now)
+    }
+
+    /// Queues `write` of `key` by `actor` (refused when `fence` names a
+    /// lock token that a newer grant superseded) and waits for its commit.
     pub async fn write(
         &self,
         key: DocKey,
         write: Write,
         actor: String,
+        fence: Fence,
     ) -> Result<ChangeRow, ServiceError> {
         let (done, answer) = oneshot::channel();
         let shown = key.to_string();
@@ -88,6 +145,7 @@ impl State {
                 key,
                 write,
                 actor,
+                fence,
                 done,
             })
             .await
@@ -110,6 +168,16 @@ impl State {
 pub fn refused(key: &str, error: WriteError) -> ServiceError {
     let (refusal, current) = match error {
         WriteError::Store(message) => return ServiceError::unavailable(message),
+        WriteError::Fenced {
+            resource,
+            token,
+            latest,
+        } => {
+            return ServiceError::conflict(format!(
+                "fence: token {token} of lock {resource} was superseded by token {latest}; the write to {key} was refused"
+            ))
+            .with_details(serde_json::json!({"resource": resource, "token": token, "latestToken": latest}));
+        }
         WriteError::Refused { refusal, current } => (refusal, current),
     };
     let details = || {

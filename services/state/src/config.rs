@@ -40,6 +40,9 @@ pub struct StateConfig {
     /// Writes wait at most this long to be committed before the request
     /// is answered UNAVAILABLE (storage trouble).
     pub write_timeout: Duration,
+    /// How often lock leases, lock waits and barrier timeouts that ran out
+    /// are swept.
+    pub sweep_interval: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -71,6 +74,7 @@ impl Default for StateConfig {
             history_keep: 100,
             write_batch: 200,
             write_timeout: Duration::from_secs(10),
+            sweep_interval: Duration::from_millis(100),
             clock: Arc::new(SystemClock),
         }
     }

@@ -11,14 +11,19 @@
 
 pub mod app;
 pub mod barrier;
+pub(crate) mod barrier_table;
 pub mod config;
 pub mod document;
 pub(crate) mod handlers;
+pub(crate) mod identity;
 pub mod key;
 pub mod lock;
+pub(crate) mod lock_table;
 pub mod merge_patch;
 pub(crate) mod metrics;
+pub(crate) mod owners;
 pub(crate) mod store;
+pub(crate) mod sweep;
 pub mod workflow;
 pub(crate) mod writer;
 
@@ -60,11 +65,30 @@ pub async fn build_with(
     context: ServiceContext,
     config: StateConfig,
 ) -> anyhow::Result<(Service, State)> {
-    let (state, writer, queue) = State::new(context.clone(), config);
-    let service = Service::start(context).await?;
+    let directory = concord_directory::SharedDirectory::default();
+    let sweep_every = config.sweep_interval;
+    let (state, writer, queue) = State::new(context.clone(), config, directory.clone());
+    let service = Service::start(context.clone()).await?;
     // Background tasks stop after the endpoints drained: every accepted
     // write is committed first.
     service.spawn_background(writer.run(queue, service.background_token()));
+    let (changed, agents) = tokio::sync::mpsc::unbounded_channel();
+    let bucket = concord_directory::DirectoryBucket::open(&context.bus).await?;
+    service
+        .watch_directory_notifying(bucket, directory.clone(), Some(changed))
+        .await;
+    service.spawn_background(owners::run(
+        state.locks().clone(),
+        directory,
+        agents,
+        service.background_token(),
+    ));
+    service.spawn_background(sweep::run(
+        state.locks().clone(),
+        state.barriers().clone(),
+        sweep_every,
+        service.background_token(),
+    ));
     use handlers::*;
     service
         .serve("state", "create", &state, create::handle)
@@ -83,6 +107,34 @@ pub async fn build_with(
         .await?;
     service
         .serve("state", "reconcile", &state, reconcile::handle)
+        .await?;
+    use handlers::{barrier, lock};
+    service
+        .serve("state", "lock.acquire", &state, lock::acquire::handle)
+        .await?;
+    service
+        .serve("state", "lock.renew", &state, lock::renew::handle)
+        .await?;
+    service
+        .serve("state", "lock.release", &state, lock::release::handle)
+        .await?;
+    service
+        .serve("state", "lock.check", &state, lock::check::handle)
+        .await?;
+    service
+        .serve("state", "lock.get", &state, lock::get::handle)
+        .await?;
+    service
+        .serve("state", "lock.list", &state, lock::list::handle)
+        .await?;
+    service
+        .serve("state", "barrier.create", &state, barrier::create::handle)
+        .await?;
+    service
+        .serve("state", "barrier.arrive", &state, barrier::arrive::handle)
+        .await?;
+    service
+        .serve("state", "barrier.get", &state, barrier::get::handle)
         .await?;
     Ok((service, state))
 }

@@ -62,7 +62,7 @@ pub struct Acquire {
 /// One resource's lock. Empty (no holder, nobody waiting) is the same as
 /// never locked, except for the last token, which is kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Lock {
     pub last_token: u64,
     pub holders: Vec<Holder>,

@@ -12,7 +12,7 @@ use crate::writer::WriteError;
 pub struct Operation {
     /// create, put, patch, delete.
     pub kind: &'static str,
-    /// ok, conflict, exists, not_found, invalid, too_large, unavailable.
+    /// ok, conflict, exists, not_found, invalid, too_large, fenced, unavailable.
     pub outcome: &'static str,
 }
 
@@ -50,6 +50,7 @@ impl Metrics {
         let outcome = match result {
             Ok(_) => "ok",
             Err(WriteError::Store(_)) => "unavailable",
+            Err(WriteError::Fenced { .. }) => "fenced",
             Err(WriteError::Refused { refusal, .. }) => match refusal {
                 Refusal::Conflict { .. } => {
                     self.conflicts.inc();

@@ -107,7 +107,7 @@ fn document_row(row: &sqlx::postgres::PgRow) -> Result<DocumentRow, sqlx::Error>
 }
 
 /// `LIKE` pattern of the keys starting with `prefix` (`_` and `%` escaped).
-fn prefix_pattern(prefix: &str) -> String {
+pub(crate) fn prefix_pattern(prefix: &str) -> String {
     let mut pattern = String::with_capacity(prefix.len() + 1);
     for c in prefix.chars() {
         if matches!(c, '_' | '%' | '\\') {

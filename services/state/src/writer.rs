@@ -28,6 +28,8 @@ pub struct Pending {
     pub key: DocKey,
     pub write: Write,
     pub actor: String,
+    /// `(resource, token)`: refused if a newer token was granted.
+    pub fence: crate::app::Fence,
     pub done: oneshot::Sender<Result<ChangeRow, WriteError>>,
 }
 
@@ -38,6 +40,12 @@ pub enum WriteError {
     Refused {
         refusal: Refusal,
         current: Option<DocumentRow>,
+    },
+    /// The write's fence names a token a newer grant superseded.
+    Fenced {
+        resource: String,
+        token: u64,
+        latest: u64,
     },
     /// Storage failed; nothing was written.
     Store(String),
@@ -128,10 +136,31 @@ impl Writer {
         let mut current: HashMap<String, DocumentRow> =
             read.into_iter().map(|row| (row.key.clone(), row)).collect();
         let existed: Vec<String> = current.keys().cloned().collect();
+        let fences: Vec<(&str, u64)> = pending
+            .iter()
+            .filter_map(|p| p.fence.as_ref().map(|(r, t)| (r.as_str(), *t)))
+            .collect();
+        let refused_fences = if fences.is_empty() {
+            Vec::new()
+        } else {
+            crate::lock_table::Locks::fences_in(&mut tx, &fences).await?
+        };
         let at = concord_runtime::whole_micros(self.clock.now());
         let mut results = Vec::with_capacity(pending.len());
         let mut changes = Vec::new();
         for write in pending {
+            if let Some((resource, token)) = &write.fence
+                && let Some((_, _, latest)) = refused_fences
+                    .iter()
+                    .find(|(r, t, _)| r == resource && t == token)
+            {
+                results.push(Err(WriteError::Fenced {
+                    resource: resource.clone(),
+                    token: *token,
+                    latest: *latest,
+                }));
+                continue;
+            }
             let stored: Option<Stored> = current.get(write.key.as_str()).map(DocumentRow::stored);
             match document::apply(
                 stored.as_ref(),

@@ -20,7 +20,9 @@ pub mod validate;
 pub use concord_wire::subjects::Subjects;
 pub use connect::{Bus, BusConfig, ConnectError, connect};
 pub use error::ServiceError;
-pub use service::{Handler, HostError, Reply, Request, ServiceHost, ServiceSpec};
+pub use service::{
+    Handler, HostError, Reply, ReplyTo, Request, ServiceHost, ServiceSpec, send_reply,
+};
 pub use shutdown::Shutdown;
 
 pub use async_nats;

@@ -53,11 +53,25 @@ pub struct Request {
     pub subject: String,
     pub headers: Option<HeaderMap>,
     pub payload: Bytes,
-    /// Whether the sender waits for a reply.
-    pub expects_reply: bool,
+    /// Where the sender waits for the reply (`None`: a plain publish).
+    pub reply: Option<String>,
 }
 
 impl Request {
+    /// Whether the sender waits for a reply.
+    pub fn expects_reply(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    /// Where and how to answer this request later, when its handler
+    /// answers [`Reply::later`] (`None`: nobody waits for a reply).
+    pub fn reply_to(&self) -> Option<ReplyTo> {
+        Some(ReplyTo {
+            subject: self.reply.clone()?,
+            content_type: self.content_type().unwrap_or(ContentType::Json),
+        })
+    }
+
     /// The declared content type; JSON when absent.
     pub fn content_type(&self) -> Result<ContentType, ServiceError> {
         Ok(ContentType::from_header(
@@ -86,9 +100,28 @@ impl Request {
 pub struct Reply {
     pub payload: Bytes,
     pub content_type: ContentType,
+    /// The handler keeps the request's [`ReplyTo`] and answers later (see
+    /// [`Reply::later`]); nothing is sent now.
+    later: bool,
 }
 
 impl Reply {
+    /// No reply now: the handler kept [`Request::reply_to`] and answers with
+    /// [`send_reply`] when the outcome is known (a lock granted to a waiter,
+    /// a barrier released), possibly from another replica.
+    pub fn later() -> Self {
+        Self {
+            payload: Bytes::new(),
+            content_type: ContentType::Json,
+            later: true,
+        }
+    }
+
+    /// Whether this is [`Reply::later`].
+    pub fn is_later(&self) -> bool {
+        self.later
+    }
+
     /// `message` encoded in the content type the request used (JSON by default).
     pub fn to<M: WireMessage>(request: &Request, message: &M) -> Result<Self, ServiceError> {
         let content_type = request.content_type().unwrap_or(ContentType::Json);
@@ -106,8 +139,69 @@ impl Reply {
         Ok(Self {
             payload: payload.into(),
             content_type,
+            later: false,
         })
     }
+}
+
+/// Where a request waits for its reply, and the encoding it speaks: kept by
+/// a handler that answers later. Its text form ([`ReplyTo::to_text`]) can
+/// be stored, so any replica can answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub subject: String,
+    pub content_type: ContentType,
+}
+
+impl ReplyTo {
+    /// `json <subject>` or `protobuf <subject>`.
+    pub fn to_text(&self) -> String {
+        let encoding = match self.content_type {
+            ContentType::Json => "json",
+            ContentType::Protobuf => "protobuf",
+        };
+        format!("{encoding} {}", self.subject)
+    }
+
+    /// Reads [`ReplyTo::to_text`]'s form back.
+    pub fn from_text(text: &str) -> Option<Self> {
+        let (encoding, subject) = text.split_once(' ')?;
+        let content_type = match encoding {
+            "json" => ContentType::Json,
+            "protobuf" => ContentType::Protobuf,
+            _ => return None,
+        };
+        (!subject.is_empty()).then(|| Self {
+            subject: subject.to_string(),
+            content_type,
+        })
+    }
+}
+
+/// Answers a request kept with [`Reply::later`]: `result` encoded in the
+/// request's content type, with the same headers an immediate reply has.
+pub async fn send_reply<M: WireMessage>(
+    client: &async_nats::Client,
+    to: &ReplyTo,
+    result: Result<&M, &ServiceError>,
+) -> Result<(), async_nats::PublishError> {
+    let (payload, reply_headers) = match result {
+        Ok(message) => match codec::encode(to.content_type, message) {
+            Ok(payload) => {
+                let mut reply_headers = HeaderMap::new();
+                reply_headers.insert(headers::CONTENT_TYPE, to.content_type.as_str());
+                (Bytes::from(payload), reply_headers)
+            }
+            Err(error) => error_reply(
+                &ServiceError::internal(format!("cannot encode reply: {error}")),
+                to.content_type,
+            ),
+        },
+        Err(error) => error_reply(error, to.content_type),
+    };
+    client
+        .publish_with_headers(to.subject.clone(), reply_headers, payload)
+        .await
 }
 
 /// Handles the requests of one endpoint.
@@ -394,18 +488,20 @@ impl EndpointContext {
             subject: message.subject.to_string(),
             headers: message.headers.clone(),
             payload: message.payload.clone(),
-            expects_reply: message.reply.is_some(),
+            reply: message.reply.as_ref().map(|r| r.to_string()),
         };
         let result = handler
             .handle(request.clone())
             .instrument(span.clone())
             .await;
         let outcome = match &result {
+            Ok(reply) if reply.later => "later",
             Ok(_) => "ok",
             Err(error) => error.code.as_str_name(),
         };
         span.record("outcome", outcome);
 
+        let answer_now = !matches!(&result, Ok(reply) if reply.later);
         let mut rejected = None;
         let (payload, reply_headers) = match result {
             Ok(reply) => {
@@ -429,7 +525,8 @@ impl EndpointContext {
                 reply
             }
         };
-        if request.expects_reply
+        if request.expects_reply()
+            && answer_now
             && let Err(error) = service_request
                 .respond_with_headers(Ok(payload), reply_headers)
                 .await

@@ -114,6 +114,20 @@ pub async fn watch(
     stop: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
+    watch_notifying(bucket, directory, stop, ready, None).await
+}
+
+/// [`watch`], and sends the id of every agent whose entry was applied
+/// (updated or removed, the current values first) on `changed`: a service
+/// that reacts to an agent going away (the state service frees its locks)
+/// looks the id up in `directory` then.
+pub async fn watch_notifying(
+    bucket: DirectoryBucket,
+    directory: SharedDirectory,
+    stop: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
+    changed: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) {
     let mut ready = Some(ready);
     loop {
         let mut watch = match bucket.kv.watch_with_history(">").await {
@@ -140,6 +154,9 @@ pub async fn watch(
             };
             let Some(Ok(entry)) = entry else { break };
             apply(&directory, &entry);
+            if let Some(changed) = &changed {
+                let _ = changed.send(entry.key.clone());
+            }
             if entry.delta == 0
                 && let Some(ready) = ready.take()
             {

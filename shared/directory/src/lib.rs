@@ -8,7 +8,7 @@
 pub mod bucket;
 mod directory;
 
-pub use bucket::{DirectoryBucket, SharedDirectory, bucket_name, watch};
+pub use bucket::{DirectoryBucket, SharedDirectory, bucket_name, watch, watch_notifying};
 pub use directory::{
     DEFAULT_PAGE_SIZE, Directory, MAX_PAGE_SIZE, Page, decode_page_token, encode_page_token,
 };

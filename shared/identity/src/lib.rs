@@ -60,4 +60,8 @@ pub mod purpose {
     pub const HEARTBEAT: &str = "registry.heartbeat";
     /// `<root>.registry.deregister`.
     pub const DEREGISTER: &str = "registry.deregister";
+    /// `<root>.state.lock.acquire`, `.renew` and `.release` by an agent owner.
+    pub const STATE_LOCK: &str = "state.lock";
+    /// `<root>.state.barrier.arrive` by an agent participant.
+    pub const STATE_BARRIER: &str = "state.barrier";
 }

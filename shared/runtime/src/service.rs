@@ -32,7 +32,9 @@ const DIRECTORY_LOAD: Duration = Duration::from_secs(10);
 /// The name of the endpoint serving `<group>.<name>`: unique within the
 /// service, as its subject is (`$SRV` names allow no dots).
 fn endpoint_name(group: &str, name: &str) -> String {
-    format!("{group}_{name}")
+    // Endpoint names are letters, digits, `-` and `_`; a dotted operation
+    // (`lock.acquire`) keeps its subject and becomes `state_lock_acquire`.
+    format!("{group}_{name}").replace('.', "_")
 }
 
 /// `handler` with its own clone of `app` for every request.
@@ -137,12 +139,25 @@ impl Service {
     /// KV bucket), and returns once the first full copy is loaded (or after
     /// ten seconds, with a warning: the watch goes on filling it).
     pub async fn watch_directory(&self, bucket: DirectoryBucket, directory: SharedDirectory) {
+        self.watch_directory_notifying(bucket, directory, None)
+            .await
+    }
+
+    /// [`Service::watch_directory`], sending the id of each agent whose
+    /// entry changed on `changed` ([`concord_directory::watch_notifying`]).
+    pub async fn watch_directory_notifying(
+        &self,
+        bucket: DirectoryBucket,
+        directory: SharedDirectory,
+        changed: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) {
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
-        self.spawn_background(concord_directory::watch(
+        self.spawn_background(concord_directory::watch_notifying(
             bucket,
             directory,
             self.background_token(),
             ready_tx,
+            changed,
         ));
         if tokio::time::timeout(DIRECTORY_LOAD, ready).await.is_err() {
             tracing::warn!(

@@ -99,6 +99,25 @@ fn every_message_round_trips_in_both_encodings() {
     checked.round_trip(fixtures::history_reply());
     checked.round_trip(fixtures::reconcile());
 
+    checked.round_trip(fixtures::fence());
+    checked.round_trip(fixtures::acquire_lock());
+    checked.round_trip(fixtures::lock_grant());
+    checked.round_trip(fixtures::renew_lock());
+    checked.round_trip(fixtures::release_lock());
+    checked.round_trip(fixtures::lock_released());
+    checked.round_trip(fixtures::check_lock());
+    checked.round_trip(fixtures::lock_token_status());
+    checked.round_trip(fixtures::lock_waiter());
+    checked.round_trip(fixtures::get_lock());
+    checked.round_trip(fixtures::lock_state());
+    checked.round_trip(fixtures::list_locks());
+    checked.round_trip(fixtures::list_locks_reply());
+    checked.round_trip(fixtures::create_barrier());
+    checked.round_trip(fixtures::barrier_arrival());
+    checked.round_trip(fixtures::barrier());
+    checked.round_trip(fixtures::arrive_at_barrier());
+    checked.round_trip(fixtures::get_barrier());
+
     let all: BTreeSet<String> = ALL_MESSAGES.iter().map(|s| (*s).to_owned()).collect();
     let missing: Vec<_> = all.difference(&checked.0).collect();
     assert!(

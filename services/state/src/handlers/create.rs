@@ -11,6 +11,8 @@ pub async fn handle(state: State, request: Request) -> Result<Reply, ServiceErro
     let key = super::key(&message.key)?;
     let value = super::value("value", message.value)?;
     let actor = super::actor(&message.actor)?;
-    let change = state.write(key, Write::Create { value }, actor).await?;
+    let change = state
+        .write(key, Write::Create { value }, actor, None)
+        .await?;
     super::written(&request, &change)
 }

@@ -1,10 +1,12 @@
 //! One module per request the state service answers.
 
+pub mod barrier;
 pub mod create;
 pub mod delete;
 pub mod get;
 pub mod history;
 pub mod list;
+pub mod lock;
 pub mod patch;
 pub mod put;
 pub mod reconcile;
@@ -68,4 +70,20 @@ fn written(
     change: &crate::store::ChangeRow,
 ) -> Result<concord_bus::Reply, ServiceError> {
     concord_bus::Reply::to(request, &change.to_row().to_document())
+}
+
+/// A write's `fence`, checked.
+fn fence(fence: Option<concord_wire::v1::Fence>) -> Result<crate::app::Fence, ServiceError> {
+    let Some(fence) = fence else { return Ok(None) };
+    let resource = lock::resource(&fence.resource).map_err(|mut e| {
+        e.field = Some("fence.resource".into());
+        e
+    })?;
+    if fence.token == 0 {
+        return Err(ServiceError::invalid(
+            "fence.token",
+            "required: the token of the grant",
+        ));
+    }
+    Ok(Some((resource, fence.token)))
 }

@@ -16,6 +16,7 @@ pub async fn handle(state: State, request: Request) -> Result<Reply, ServiceErro
         value,
         expected: message.expected_version,
     };
-    let change = state.write(key, write, actor).await?;
+    let fence = super::fence(message.fence)?;
+    let change = state.write(key, write, actor, fence).await?;
     super::written(&request, &change)
 }
