@@ -93,11 +93,11 @@ impl Spec {
         }
         if let Condition::MinCount(n) = self.condition {
             if n == 0 {
-                return Err(refuse("condition", "MIN_COUNT must be at least 1"));
+                return Err(refuse("minCount", "MIN_COUNT must be at least 1"));
             }
             if n > count {
                 return Err(refuse(
-                    "condition",
+                    "minCount",
                     format!("MIN_COUNT {n} is more than the barrier's {count} participants"),
                 ));
             }
@@ -336,7 +336,7 @@ mod tests {
             too_many.validate().unwrap_err().message,
             "MIN_COUNT 4 is more than the barrier's 3 participants"
         );
-        assert_eq!(field(counted(3, Condition::MinCount(0))), "condition");
+        assert_eq!(field(counted(3, Condition::MinCount(0))), "minCount");
         for timeout_ms in [0, MAX_TIMEOUT_MS + 1] {
             let spec = Spec {
                 timeout_ms,

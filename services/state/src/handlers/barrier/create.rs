@@ -124,7 +124,7 @@ mod tests {
     fn bad_requests_name_the_field() {
         assert_eq!(
             field(|m| m.min_count = 4).as_deref(),
-            Some("condition"),
+            Some("minCount"),
             "MIN_COUNT above the participants"
         );
         assert_eq!(field(|m| m.count = 3).as_deref(), Some("count"));
