@@ -1,11 +1,13 @@
 //! `concord`: the operator CLI. Talks to the services over NATS (agents,
-//! tasks, dead letters) and reads the event store in Postgres (`events
-//! replay`); it imports no service crate.
+//! tasks, dead letters, documents, locks, barriers) and reads the event
+//! store in Postgres (`events replay`); it imports no service crate.
 
 mod agents;
+mod barrier;
 mod dlq;
 mod events;
 mod json;
+mod lock;
 mod ping;
 mod state;
 mod tasks;
@@ -51,6 +53,12 @@ enum Command {
     /// Read, write, list and watch shared documents (the state service).
     #[command(subcommand)]
     State(state::StateCommand),
+    /// Take, hold, release and list resource locks with fencing tokens.
+    #[command(subcommand)]
+    Lock(lock::LockCommand),
+    /// Create, arrive at and show barriers (sync points).
+    #[command(subcommand)]
+    Barrier(barrier::BarrierCommand),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +87,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(command) => events::run(&cli.nats, &cli.database, command).await,
         Command::Dlq(command) => dlq::run(&connect(&cli.nats).await?, command).await,
         Command::State(command) => state::run(&connect(&cli.nats).await?, command).await,
+        Command::Lock(command) => lock::run(&connect(&cli.nats).await?, command).await,
+        Command::Barrier(command) => barrier::run(&connect(&cli.nats).await?, command).await,
     }
 }
 
