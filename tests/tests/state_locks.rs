@@ -174,6 +174,11 @@ async fn a_lock_is_granted_queued_handed_over_and_fences_writes() -> anyhow::Res
         refused.message.contains("superseded by token 2"),
         "{refused}"
     );
+    let invented = call::<_, Document>(&bus, "put", &fenced_put("jobs/1", "printers/floor-2", 9))
+        .await
+        .unwrap_err();
+    assert_eq!(invented.code, ErrorCode::Conflict, "{invented}");
+    assert!(invented.message.contains("never granted"), "{invented}");
     let written: Document = call(&bus, "put", &fenced_put("jobs/1", "printers/floor-2", 2)).await?;
     assert_eq!(written.version, 1);
 
@@ -405,22 +410,31 @@ async fn an_agent_with_a_key_must_sign_its_lock_requests() -> anyhow::Result<()>
     let subject = bus.subjects.endpoint("state", "lock.acquire");
     let message = acquire("vault", "signer-1", LockMode::Exclusive, 60_000, 0);
 
-    // The directory copy of the state service may lag the bucket a moment.
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let forged = loop {
-        let result: Result<LockGrant, _> = bus.request(subject.clone(), &message, TIMEOUT).await;
-        match result {
-            Err(error) => break error,
-            Ok(grant) => {
-                release(&bus, &grant).await?;
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "unsigned requests kept being granted"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+    // The directory copy of the state service may lag the bucket a moment:
+    // probe with an unsigned release, which changes nothing either way (not
+    // held while the key is unknown, refused once it is known).
+    let probe = ReleaseLock {
+        resource: "probe".into(),
+        owner: "signer-1".into(),
+        token: 1,
     };
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while call::<_, LockReleased>(&bus, "lock.release", &probe)
+        .await
+        .unwrap_err()
+        .code
+        != ErrorCode::PermissionDenied
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the state service never learnt signer-1's key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let forged: ServiceError = bus
+        .request::<_, LockGrant>(subject.clone(), &message, TIMEOUT)
+        .await
+        .unwrap_err();
     assert_eq!(forged.code, ErrorCode::PermissionDenied, "{forged}");
     let thief = concord_identity::AgentKey::from_seed([1; 32]);
     let stolen: Result<LockGrant, _> = bus

@@ -173,10 +173,17 @@ pub fn refused(key: &str, error: WriteError) -> ServiceError {
             token,
             latest,
         } => {
+            let why = if token > latest {
+                format!("was never granted (the latest token is {latest})")
+            } else {
+                format!("was superseded by token {latest}")
+            };
             return ServiceError::conflict(format!(
-                "fence: token {token} of lock {resource} was superseded by token {latest}; the write to {key} was refused"
+                "fence: token {token} of lock {resource} {why}; the write to {key} was refused"
             ))
-            .with_details(serde_json::json!({"resource": resource, "token": token, "latestToken": latest}));
+            .with_details(
+                serde_json::json!({"resource": resource, "token": token, "latestToken": latest}),
+            );
         }
         WriteError::Refused { refusal, current } => (refusal, current),
     };
