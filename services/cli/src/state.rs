@@ -8,7 +8,9 @@ use concord_bus::{Bus, ServiceError};
 use concord_wire::json::{from_wire_value, to_wire_value};
 use concord_wire::v1::{
     CreateDocument, DeleteDocument, Document, DocumentChange, ErrorCode, Fence, GetDocument,
-    GetHistory, HistoryReply, ListDocuments, ListDocumentsReply, PatchDocument, PutDocument,
+    GetHistory, GetSnapshot, HistoryReply, ListDocuments, ListDocumentsReply, ListSnapshots,
+    ListSnapshotsReply, PatchDocument, PutDocument, RestoreReply, RestoreSnapshot, Snapshot,
+    TakeSnapshot,
 };
 use concord_wire::{ContentType, WireMessage};
 use futures::StreamExt;
@@ -92,6 +94,47 @@ pub enum StateCommand {
     /// Print a key's (or, ending in `/`, a prefix's) current value, then
     /// every change as it is committed, one JSON line each, until Ctrl-C.
     Watch { key_or_prefix: String },
+    /// Take, show and list snapshots of a namespace.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Bring a namespace back to a snapshot (one transaction; each document
+    /// that differs gets a new version, those it does not hold are deleted).
+    Restore {
+        /// The snapshot's id.
+        id: String,
+        #[arg(long, default_value = "")]
+        actor: String,
+        /// One JSON reply instead of a table of the changes.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot every live document of a namespace; print its id.
+    Take {
+        namespace: String,
+        #[arg(long, default_value = "")]
+        actor: String,
+        /// Print the snapshot as JSON instead of its id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a snapshot with every document's key and version (and value
+    /// with --values), as JSON.
+    Show {
+        id: String,
+        #[arg(long)]
+        values: bool,
+    },
+    /// List a namespace's snapshots, newest first.
+    List {
+        namespace: String,
+        /// One JSON snapshot per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `RESOURCE:TOKEN` (the resource may itself hold `:`).
@@ -204,6 +247,8 @@ pub async fn run(bus: &Bus, command: StateCommand) -> anyhow::Result<ExitCode> {
         } => return list(bus, prefix, limit, json).await,
         StateCommand::History { key, since, json } => return history(bus, key, since, json).await,
         StateCommand::Watch { key_or_prefix } => return watch(bus, &key_or_prefix).await,
+        StateCommand::Snapshot(command) => return snapshot(bus, command).await,
+        StateCommand::Restore { id, actor, json } => return restore(bus, id, actor, json).await,
     };
     println!("{}", crate::json::pretty(&document)?);
     Ok(ExitCode::SUCCESS)
@@ -375,5 +420,109 @@ async fn watch(bus: &Bus, target: &str) -> anyhow::Result<ExitCode> {
         seen.insert(change.key.clone(), change.version);
         println!("{}", crate::json::compact(&change)?);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn snapshot(bus: &Bus, command: SnapshotCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SnapshotCommand::Take {
+            namespace,
+            actor,
+            json,
+        } => {
+            let taken: Snapshot = call(bus, "snapshot.take", &TakeSnapshot { namespace, actor })
+                .await
+                .map_err(failed)?;
+            if json {
+                println!("{}", crate::json::pretty(&taken)?);
+            } else {
+                println!("{}", taken.id);
+                eprintln!("{} documents of {}", taken.count, taken.namespace);
+            }
+        }
+        SnapshotCommand::Show { id, values } => {
+            // Every page, gathered into one snapshot.
+            let mut whole: Option<Snapshot> = None;
+            let mut after = String::new();
+            loop {
+                let message = GetSnapshot {
+                    id: id.clone(),
+                    values,
+                    limit: 1000,
+                    after,
+                };
+                let page: Snapshot = call(bus, "snapshot.get", &message).await.map_err(failed)?;
+                after = page.next.clone();
+                match &mut whole {
+                    None => whole = Some(page),
+                    Some(whole) => whole.documents.extend(page.documents),
+                }
+                if after.is_empty() {
+                    break;
+                }
+            }
+            let mut whole = whole.expect("one page at least");
+            whole.next.clear();
+            println!("{}", crate::json::pretty(&whole)?);
+        }
+        SnapshotCommand::List { namespace, json } => {
+            let mut snapshots = Vec::new();
+            let mut after = String::new();
+            loop {
+                let message = ListSnapshots {
+                    namespace: namespace.clone(),
+                    limit: 1000,
+                    after,
+                };
+                let reply: ListSnapshotsReply =
+                    call(bus, "snapshot.list", &message).await.map_err(failed)?;
+                snapshots.extend(reply.snapshots);
+                if reply.next.is_empty() {
+                    break;
+                }
+                after = reply.next;
+            }
+            if json {
+                for snapshot in &snapshots {
+                    println!("{}", crate::json::compact(snapshot)?);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<36}  {:<23}  {:>9}  ACTOR",
+                "ID", "TAKEN AT", "DOCUMENTS"
+            );
+            for s in &snapshots {
+                println!(
+                    "{:<36}  {:<23}  {:>9}  {}",
+                    s.id,
+                    time_text(s.taken_at.as_ref()),
+                    s.count,
+                    s.actor
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(bus: &Bus, id: String, actor: String, json: bool) -> anyhow::Result<ExitCode> {
+    let reply: RestoreReply = call(bus, "snapshot.restore", &RestoreSnapshot { id, actor })
+        .await
+        .map_err(failed)?;
+    if json {
+        println!("{}", crate::json::pretty(&reply)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<40} {:>8}  KIND", "KEY", "VERSION");
+    for c in &reply.changes {
+        println!("{:<40} {:>8}  {}", c.key, c.version, c.kind);
+    }
+    eprintln!(
+        "{}: {} changed, {} already as in the snapshot",
+        reply.namespace,
+        reply.changes.len(),
+        reply.unchanged
+    );
     Ok(ExitCode::SUCCESS)
 }

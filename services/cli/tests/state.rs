@@ -143,6 +143,30 @@ async fn state_commands_read_write_list_and_watch() -> anyhow::Result<()> {
     watch.kill()?;
     let _ = watch.wait();
 
+    // Snapshot the namespace, change it, restore it.
+    let id = stdout(&concord(&nats, &["state", "snapshot", "take", "team"]))
+        .trim()
+        .to_string();
+    let shown = json(&concord(
+        &nats,
+        &["state", "snapshot", "show", &id, "--values"],
+    ));
+    assert_eq!(shown["count"], 1, "{shown}");
+    assert_eq!(shown["documents"][0]["key"], "team/other");
+    assert_eq!(shown["documents"][0]["value"], 1);
+    let listed = stdout(&concord(&nats, &["state", "snapshot", "list", "team"]));
+    assert!(
+        listed.lines().nth(1).is_some_and(|l| l.starts_with(&id)),
+        "{listed}"
+    );
+    concord(&nats, &["state", "put", "team/other", "2"]);
+    let restored = json(&concord(&nats, &["state", "restore", &id, "--json"]));
+    assert_eq!(restored["changes"][0]["kind"], "restored", "{restored}");
+    assert_eq!(
+        json(&concord(&nats, &["state", "get", "team/other"]))["value"],
+        1
+    );
+
     let missing = concord(&nats, &["state", "get", "team/plan"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("deleted at version 4"));
 

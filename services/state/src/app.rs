@@ -17,6 +17,7 @@ use crate::identity::Identity;
 use crate::key::DocKey;
 use crate::lock_table::{LockMetrics, Locks};
 use crate::metrics::Metrics;
+use crate::snapshot_table::Snapshots;
 use crate::store::{ChangeRow, DocumentStore};
 use crate::writer::{Pending, WriteError};
 
@@ -36,6 +37,7 @@ struct Inner {
     writes: mpsc::Sender<Pending>,
     locks: Locks,
     barriers: Barriers,
+    snapshots: Snapshots,
     identity: Identity,
 }
 
@@ -64,6 +66,13 @@ impl State {
             config.clock.clone(),
             BarrierMetrics::register(&context.metrics),
         );
+        let snapshots = Snapshots::new(
+            context.pool.clone(),
+            context.events.clone(),
+            context.bus.clone(),
+            config.clock.clone(),
+            config.history_keep,
+        );
         let identity = Identity::new(directory, &context.metrics);
         let metrics = Metrics::register(&context.metrics);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
@@ -85,6 +94,7 @@ impl State {
                 writes,
                 locks,
                 barriers,
+                snapshots,
                 identity,
             }),
         };
@@ -109,6 +119,10 @@ impl State {
 
     pub fn barriers(&self) -> &Barriers {
         &self.inner.barriers
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.inner.snapshots
     }
 
     /// The directory copy this service keeps.

@@ -51,6 +51,8 @@ pub enum Recorded {
     Created(Value),
     Put(Value),
     Patched(Value),
+    /// Brought back to a snapshot's value.
+    Restored(Value),
     Deleted,
 }
 
@@ -61,6 +63,7 @@ impl Recorded {
             Recorded::Created(_) => "created",
             Recorded::Put(_) => "put",
             Recorded::Patched(_) => "patched",
+            Recorded::Restored(_) => "restored",
             Recorded::Deleted => "deleted",
         }
     }
@@ -156,6 +159,27 @@ pub fn apply(stored: Option<&Stored>, write: Write, limit: usize) -> Result<Chan
     Ok(Change {
         version: version + 1,
         value,
+        recorded,
+    })
+}
+
+/// Brings `stored` back to a snapshot's `target` (none: the snapshot does
+/// not hold the key, so it is deleted): a change with the next version, or
+/// none when the document already is as in the snapshot. Never refused: the
+/// snapshot's values were accepted once.
+pub fn restore(stored: Option<&Stored>, target: Option<&Value>) -> Option<Change> {
+    let version = stored.map_or(0, |s| s.version);
+    let live = stored.and_then(|s| s.value.as_ref());
+    if live == target {
+        return None;
+    }
+    let recorded = match target {
+        Some(value) => Recorded::Restored(value.clone()),
+        None => Recorded::Deleted,
+    };
+    Some(Change {
+        version: version + 1,
+        value: target.cloned(),
         recorded,
     })
 }
@@ -436,5 +460,34 @@ mod tests {
         }
         assert_eq!(versions, [1, 2, 3, 4, 5]);
         assert_eq!(stored.unwrap().value, Some(json!(3)));
+    }
+
+    #[test]
+    fn a_restore_changes_only_what_differs_and_versions_go_on() {
+        let stored = Stored {
+            version: 4,
+            value: Some(json!({"n": 2})),
+        };
+        assert_eq!(restore(Some(&stored), Some(&json!({"n": 2}))), None);
+        let back = restore(Some(&stored), Some(&json!({"n": 1}))).unwrap();
+        assert_eq!(back.version, 5);
+        assert_eq!(back.value, Some(json!({"n": 1})));
+        assert_eq!(back.recorded.kind(), "restored");
+        let gone = restore(Some(&stored), None).unwrap();
+        assert_eq!(
+            (gone.version, gone.value, gone.recorded),
+            (5, None, Recorded::Deleted)
+        );
+        let tombstone = Stored {
+            version: 7,
+            value: None,
+        };
+        assert_eq!(
+            restore(Some(&tombstone), None),
+            None,
+            "deleted stays deleted"
+        );
+        let revived = restore(Some(&tombstone), Some(&json!("v"))).unwrap();
+        assert_eq!((revived.version, revived.recorded.kind()), (8, "restored"));
     }
 }

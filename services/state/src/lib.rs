@@ -2,7 +2,9 @@
 //! locks and workflow stage state.
 //!
 //! Requests (service `concord-state`, queue group `q`): `<root>.state.create`,
-//! `.get`, `.put`, `.patch`, `.delete`, `.list`, `.history`, `.reconcile`.
+//! `.get`, `.put`, `.patch`, `.delete`, `.list`, `.history`, `.reconcile`,
+//! `.snapshot.{take,get,list,restore}`, `.lock.{acquire,renew,release,check,
+//! get,list}`, `.barrier.{create,arrive,get}`.
 //! Documents live in Postgres (`state_documents`, `state_history`); every
 //! change is a `document.*` event on `<root>.events.state.document.*` and is
 //! published on `<root>.state.changed.<namespace>.<key>`. The rules are pure
@@ -22,6 +24,7 @@ pub(crate) mod lock_table;
 pub mod merge_patch;
 pub(crate) mod metrics;
 pub(crate) mod owners;
+pub(crate) mod snapshot_table;
 pub(crate) mod store;
 pub(crate) mod sweep;
 pub mod workflow;
@@ -135,6 +138,24 @@ pub async fn build_with(
         .await?;
     service
         .serve("state", "barrier.get", &state, barrier::get::handle)
+        .await?;
+    use handlers::snapshot;
+    service
+        .serve("state", "snapshot.take", &state, snapshot::take::handle)
+        .await?;
+    service
+        .serve("state", "snapshot.get", &state, snapshot::get::handle)
+        .await?;
+    service
+        .serve("state", "snapshot.list", &state, snapshot::list::handle)
+        .await?;
+    service
+        .serve(
+            "state",
+            "snapshot.restore",
+            &state,
+            snapshot::restore::handle,
+        )
         .await?;
     Ok((service, state))
 }

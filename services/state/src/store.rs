@@ -190,6 +190,7 @@ impl DocumentStore {
             let recorded = match (kind.as_str(), &value, patch) {
                 ("created", Some(v), _) => Recorded::Created(v.clone()),
                 ("put", Some(v), _) => Recorded::Put(v.clone()),
+                ("restored", Some(v), _) => Recorded::Restored(v.clone()),
                 ("patched", _, Some(p)) => Recorded::Patched(p),
                 _ => Recorded::Deleted,
             };
@@ -252,6 +253,23 @@ fn row_columns<'a>(rows: &[&'a DocumentRow]) -> RowColumns<'a> {
         rows.iter().map(|r| r.updated_by.as_str()).collect(),
         rows.iter().map(|r| r.updated_at).collect(),
     )
+}
+
+/// Locks every row whose key matches `pattern` (a [`prefix_pattern`]), in
+/// key order like [`lock_rows`], and reads them.
+pub async fn lock_namespace(
+    conn: &mut PgConnection,
+    pattern: &str,
+) -> Result<Vec<DocumentRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT key, version, value::text AS value, updated_by, updated_at
+         FROM state_documents
+         WHERE key LIKE $1 ORDER BY key FOR UPDATE",
+    )
+    .bind(pattern)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(document_row).collect()
 }
 
 /// Inserts rows of keys that had none when the batch read them; false when

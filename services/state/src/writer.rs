@@ -118,7 +118,7 @@ impl Writer {
         self.events.publish_committed(&events).await;
         for (pending, result) in pending.into_iter().zip(results) {
             if let Ok(change) = &result {
-                self.publish_change(change).await;
+                publish_change(&self.bus, change).await;
             }
             self.metrics.count(pending.write.kind(), &result);
             let _ = pending.done.send(result);
@@ -229,32 +229,30 @@ impl Writer {
         tx.commit().await?;
         Ok(Some((results, events)))
     }
-
-    /// Publishes a committed change on `<root>.state.changed.<ns>.<key>`.
-    async fn publish_change(&self, change: &ChangeRow) {
-        let key = DocKey::parse(&change.key).expect("stored keys are valid");
-        let subject = crate::changed_subject(&self.bus, &key);
-        let payload =
-            concord_wire::codec::encode(concord_wire::ContentType::Json, &change.to_change())
-                .expect("a change encodes");
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            concord_bus::headers::CONTENT_TYPE,
-            concord_wire::ContentType::Json.as_str(),
-        );
-        if let Err(error) = self
-            .bus
-            .client
-            .publish_with_headers(subject, headers, payload.into())
-            .await
-        {
-            tracing::warn!(%error, key = %change.key, "could not publish a document change");
-        }
-    }
 }
 
 fn fail_all(pending: Vec<Pending>, message: &str) {
     for p in pending {
         let _ = p.done.send(Err(WriteError::Store(message.to_string())));
+    }
+}
+
+/// Publishes a committed change on `<root>.state.changed.<ns>.<key>`.
+pub async fn publish_change(bus: &concord_bus::Bus, change: &ChangeRow) {
+    let key = DocKey::parse(&change.key).expect("stored keys are valid");
+    let subject = crate::changed_subject(bus, &key);
+    let payload = concord_wire::codec::encode(concord_wire::ContentType::Json, &change.to_change())
+        .expect("a change encodes");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        concord_bus::headers::CONTENT_TYPE,
+        concord_wire::ContentType::Json.as_str(),
+    );
+    if let Err(error) = bus
+        .client
+        .publish_with_headers(subject, headers, payload.into())
+        .await
+    {
+        tracing::warn!(%error, key = %change.key, "could not publish a document change");
     }
 }

@@ -117,6 +117,14 @@ fn every_message_round_trips_in_both_encodings() {
     checked.round_trip(fixtures::barrier());
     checked.round_trip(fixtures::arrive_at_barrier());
     checked.round_trip(fixtures::get_barrier());
+    checked.round_trip(fixtures::take_snapshot());
+    checked.round_trip(fixtures::snapshot_entry());
+    checked.round_trip(fixtures::snapshot());
+    checked.round_trip(fixtures::get_snapshot());
+    checked.round_trip(fixtures::list_snapshots());
+    checked.round_trip(fixtures::list_snapshots_reply());
+    checked.round_trip(fixtures::restore_snapshot());
+    checked.round_trip(fixtures::restore_reply());
 
     let all: BTreeSet<String> = ALL_MESSAGES.iter().map(|s| (*s).to_owned()).collect();
     let missing: Vec<_> = all.difference(&checked.0).collect();

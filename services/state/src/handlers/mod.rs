@@ -10,6 +10,7 @@ pub mod lock;
 pub mod patch;
 pub mod put;
 pub mod reconcile;
+pub mod snapshot;
 
 use concord_bus::ServiceError;
 
@@ -29,7 +30,7 @@ fn key(key: &str) -> Result<DocKey, ServiceError> {
 }
 
 /// The request's `actor`, checked (empty is allowed: nobody named).
-fn actor(actor: &str) -> Result<String, ServiceError> {
+pub(crate) fn actor(actor: &str) -> Result<String, ServiceError> {
     let chars = actor.chars().count();
     if chars > MAX_ACTOR_CHARS {
         return Err(concord_bus::validate::too_long(
@@ -42,7 +43,7 @@ fn actor(actor: &str) -> Result<String, ServiceError> {
 }
 
 /// A page size from the request (`field` names it in errors).
-fn page(field: &str, limit: u32) -> Result<usize, ServiceError> {
+pub(crate) fn page(field: &str, limit: u32) -> Result<usize, ServiceError> {
     match limit {
         0 => Ok(DEFAULT_PAGE as usize),
         n if n <= MAX_PAGE => Ok(n as usize),
