@@ -9,6 +9,7 @@ mod events;
 mod json;
 mod lock;
 mod ping;
+mod stages;
 mod state;
 mod tasks;
 

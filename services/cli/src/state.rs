@@ -94,6 +94,9 @@ pub enum StateCommand {
     /// Print a key's (or, ending in `/`, a prefix's) current value, then
     /// every change as it is committed, one JSON line each, until Ctrl-C.
     Watch { key_or_prefix: String },
+    /// Workflow stage records: stages in order, scores, iterations.
+    #[command(subcommand)]
+    Workflow(crate::stages::WorkflowCommand),
     /// Take, show and list snapshots of a namespace.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -248,6 +251,7 @@ pub async fn run(bus: &Bus, command: StateCommand) -> anyhow::Result<ExitCode> {
         StateCommand::History { key, since, json } => return history(bus, key, since, json).await,
         StateCommand::Watch { key_or_prefix } => return watch(bus, &key_or_prefix).await,
         StateCommand::Snapshot(command) => return snapshot(bus, command).await,
+        StateCommand::Workflow(command) => return crate::stages::run(bus, command).await,
         StateCommand::Restore { id, actor, json } => return restore(bus, id, actor, json).await,
     };
     println!("{}", crate::json::pretty(&document)?);

@@ -1,7 +1,8 @@
 //! `concord state` against a real state service (in-process, real NATS and
 //! Postgres): create, put with and without --expect, a conflict showing the
-//! current document, patch, get, list, history, delete, and watch printing
-//! the current value then each change.
+//! current document, patch, get, list, history, delete, watch printing
+//! the current value then each change, snapshot take/show/list and restore,
+//! and a workflow stage record stepped through.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -165,6 +166,64 @@ async fn state_commands_read_write_list_and_watch() -> anyhow::Result<()> {
     assert_eq!(
         json(&concord(&nats, &["state", "get", "team/other"]))["value"],
         1
+    );
+
+    // A workflow stage record, step by step.
+    let record = json(&concord(
+        &nats,
+        &[
+            "state",
+            "workflow",
+            "create",
+            "--id",
+            "article",
+            "--stages",
+            "draft,review",
+            "--assign",
+            "draft=writer-1",
+        ],
+    ));
+    assert_eq!(record["status"], "WORKFLOW_CREATED", "{record}");
+    assert_eq!(record["assignees"]["draft"], "writer-1");
+    concord(&nats, &["state", "workflow", "start", "article"]);
+    let drafted = json(&concord(
+        &nats,
+        &[
+            "state", "workflow", "complete", "article", "draft", "--score", "0.7",
+        ],
+    ));
+    assert_eq!(drafted["current"], "review");
+    let stale = concord(
+        &nats,
+        &[
+            "state",
+            "workflow",
+            "send-back",
+            "article",
+            "draft",
+            "--expect",
+            "1",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&stale.stderr).contains("CONFLICT"),
+        "{stale:?}"
+    );
+    let back = json(&concord(
+        &nats,
+        &["state", "workflow", "send-back", "article", "draft"],
+    ));
+    assert_eq!(back["iteration"], 2);
+    let table = stdout(&concord(
+        &nats,
+        &["state", "workflow", "list", "--status", "running"],
+    ));
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("article")),
+        "{table}"
     );
 
     let missing = concord(&nats, &["state", "get", "team/plan"]);

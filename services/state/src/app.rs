@@ -19,6 +19,7 @@ use crate::lock_table::{LockMetrics, Locks};
 use crate::metrics::Metrics;
 use crate::snapshot_table::Snapshots;
 use crate::store::{ChangeRow, DocumentStore};
+use crate::workflow_table::Workflows;
 use crate::writer::{Pending, WriteError};
 
 /// Writes queued for the writer before requests wait for room.
@@ -38,6 +39,7 @@ struct Inner {
     locks: Locks,
     barriers: Barriers,
     snapshots: Snapshots,
+    workflows: Workflows,
     identity: Identity,
 }
 
@@ -73,6 +75,11 @@ impl State {
             config.clock.clone(),
             config.history_keep,
         );
+        let workflows = Workflows::new(
+            context.pool.clone(),
+            context.events.clone(),
+            config.clock.clone(),
+        );
         let identity = Identity::new(directory, &context.metrics);
         let metrics = Metrics::register(&context.metrics);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
@@ -95,6 +102,7 @@ impl State {
                 locks,
                 barriers,
                 snapshots,
+                workflows,
                 identity,
             }),
         };
@@ -123,6 +131,10 @@ impl State {
 
     pub fn snapshots(&self) -> &Snapshots {
         &self.inner.snapshots
+    }
+
+    pub fn workflows(&self) -> &Workflows {
+        &self.inner.workflows
     }
 
     /// The directory copy this service keeps.

@@ -4,7 +4,8 @@
 //! Requests (service `concord-state`, queue group `q`): `<root>.state.create`,
 //! `.get`, `.put`, `.patch`, `.delete`, `.list`, `.history`, `.reconcile`,
 //! `.snapshot.{take,get,list,restore}`, `.lock.{acquire,renew,release,check,
-//! get,list}`, `.barrier.{create,arrive,get}`.
+//! get,list}`, `.barrier.{create,arrive,get}`, `.workflow.{create,step,get,
+//! list}`.
 //! Documents live in Postgres (`state_documents`, `state_history`); every
 //! change is a `document.*` event on `<root>.events.state.document.*` and is
 //! published on `<root>.state.changed.<namespace>.<key>`. The rules are pure
@@ -28,6 +29,7 @@ pub(crate) mod snapshot_table;
 pub(crate) mod store;
 pub(crate) mod sweep;
 pub mod workflow;
+pub(crate) mod workflow_table;
 pub(crate) mod writer;
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
@@ -156,6 +158,19 @@ pub async fn build_with(
             &state,
             snapshot::restore::handle,
         )
+        .await?;
+    use handlers::workflow;
+    service
+        .serve("state", "workflow.create", &state, workflow::create::handle)
+        .await?;
+    service
+        .serve("state", "workflow.step", &state, workflow::step::handle)
+        .await?;
+    service
+        .serve("state", "workflow.get", &state, workflow::get::handle)
+        .await?;
+    service
+        .serve("state", "workflow.list", &state, workflow::list::handle)
         .await?;
     Ok((service, state))
 }

@@ -64,4 +64,6 @@ pub mod purpose {
     pub const STATE_LOCK: &str = "state.lock";
     /// `<root>.state.barrier.arrive` by an agent participant.
     pub const STATE_BARRIER: &str = "state.barrier";
+    /// `<root>.state.workflow.*` changes by an agent actor.
+    pub const STATE_WORKFLOW: &str = "state.workflow";
 }

@@ -125,6 +125,12 @@ fn every_message_round_trips_in_both_encodings() {
     checked.round_trip(fixtures::list_snapshots_reply());
     checked.round_trip(fixtures::restore_snapshot());
     checked.round_trip(fixtures::restore_reply());
+    checked.round_trip(fixtures::create_workflow_record());
+    checked.round_trip(fixtures::workflow_step());
+    checked.round_trip(fixtures::workflow_record());
+    checked.round_trip(fixtures::get_workflow_record());
+    checked.round_trip(fixtures::list_workflow_records());
+    checked.round_trip(fixtures::list_workflow_records_reply());
 
     let all: BTreeSet<String> = ALL_MESSAGES.iter().map(|s| (*s).to_owned()).collect();
     let missing: Vec<_> = all.difference(&checked.0).collect();

@@ -11,6 +11,7 @@ pub mod patch;
 pub mod put;
 pub mod reconcile;
 pub mod snapshot;
+pub mod workflow;
 
 use concord_bus::ServiceError;
 
