@@ -12,7 +12,10 @@
 //! Phases, on each side: saturation (`in_flight` clients, each updating its
 //! own keys, so no conflicts), then one update at a time (latency). Concord
 //! only: `contended_writers` clients doing get + compare-and-set on one key
-//! (throughput and conflict rate).
+//! (throughput and conflict rate), lock acquire + release round trips one
+//! at a time, and barriers of `barrier_participants` named participants all
+//! arriving at once with `wait` (creation of the barrier excluded; the time
+//! from the first arrival sent to the last participant released).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +55,15 @@ pub struct StateArgs {
     /// Writers doing get + compare-and-set on one key.
     #[arg(long, default_value_t = 8)]
     pub contended_writers: usize,
+    /// Lock acquire + release round trips, one at a time.
+    #[arg(long, default_value_t = 1_000)]
+    pub lock_round_trips: usize,
+    /// Participants of each measured barrier.
+    #[arg(long, default_value_t = 100)]
+    pub barrier_participants: usize,
+    /// Barriers measured.
+    #[arg(long, default_value_t = 20)]
+    pub barriers: usize,
     /// Do not build `concord-state` first.
     #[arg(long)]
     pub no_build: bool,
@@ -86,6 +98,11 @@ pub struct StateReport {
     pub baseline: Side,
     pub concord: Side,
     pub contended: Contended,
+    /// One exclusive acquire plus its release, uncontended.
+    pub lock_round_trip: Summary,
+    pub barrier_participants: usize,
+    /// First arrival sent to the last participant released.
+    pub barrier_release: Summary,
     pub throughput_ratio: f64,
     pub p50_ratio: f64,
     pub p99_ratio: f64,
@@ -216,12 +233,14 @@ async fn measure(
         };
         let concord = side(args, &target).await?;
         let contended = contended(args, &client, root).await?;
+        let lock_round_trip = lock_round_trips(args, &client, root).await?;
+        let barrier_release = barriers(args, &client, root).await?;
         service.check_alive()?;
-        anyhow::Ok((concord, contended))
+        anyhow::Ok((concord, contended, lock_round_trip, barrier_release))
     }
     .await;
     service.stop(Duration::from_secs(10)).await?;
-    let (concord, contended) = measured?;
+    let (concord, contended, lock_round_trip, barrier_release) = measured?;
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     Ok(StateReport {
         keys: args.keys,
@@ -232,7 +251,103 @@ async fn measure(
         baseline,
         concord,
         contended,
+        lock_round_trip,
+        barrier_participants: args.barrier_participants,
+        barrier_release,
     })
+}
+
+/// A request to the state service that must not be refused.
+async fn ask(client: &Client, subject: String, body: String) -> anyhow::Result<serde_json::Value> {
+    let reply = client.request(subject, body.into()).await?;
+    if let Some(code) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Concord-Error-Code"))
+    {
+        bail!(
+            "refused ({}): {}",
+            code.as_str(),
+            String::from_utf8_lossy(&reply.payload)
+        );
+    }
+    Ok(serde_json::from_slice(&reply.payload)?)
+}
+
+/// Exclusive acquire + release of one resource, one round trip at a time.
+async fn lock_round_trips(
+    args: &StateArgs,
+    client: &Client,
+    root: &str,
+) -> anyhow::Result<Summary> {
+    let acquire = format!("{root}.state.lock.acquire");
+    let release = format!("{root}.state.lock.release");
+    let mut samples = Vec::with_capacity(args.lock_round_trips);
+    for _ in 0..args.lock_round_trips {
+        let started = Instant::now();
+        let grant = ask(
+            client,
+            acquire.clone(),
+            r#"{"resource":"bench/lock","owner":"bench","ttlMs":10000}"#.to_string(),
+        )
+        .await?;
+        let token = grant["token"].as_str().unwrap_or("0");
+        ask(
+            client,
+            release.clone(),
+            format!(r#"{{"resource":"bench/lock","owner":"bench","token":"{token}"}}"#),
+        )
+        .await?;
+        samples.push(started.elapsed().as_nanos() as u64);
+    }
+    let summary = Summary::of(&mut samples);
+    eprintln!(
+        "bench: state: lock acquire + release p50 {:.3} ms, p99 {:.3} ms",
+        summary.p50_ms, summary.p99_ms
+    );
+    Ok(summary)
+}
+
+/// Barriers of `barrier_participants` all arriving at once with `wait`.
+async fn barriers(args: &StateArgs, client: &Client, root: &str) -> anyhow::Result<Summary> {
+    let participants: Vec<String> = (0..args.barrier_participants)
+        .map(|n| format!("p{n}"))
+        .collect();
+    let mut samples = Vec::with_capacity(args.barriers);
+    for round in 0..args.barriers {
+        let id = format!("bench-{round}");
+        let create = serde_json::json!({
+            "id": id,
+            "participants": participants,
+            "timeoutMs": 60_000,
+        });
+        ask(
+            client,
+            format!("{root}.state.barrier.create"),
+            create.to_string(),
+        )
+        .await?;
+        let started = Instant::now();
+        let arrivals = participants.iter().map(|participant| {
+            let client = client.clone();
+            let subject = format!("{root}.state.barrier.arrive");
+            let body = format!(r#"{{"id":"{id}","participant":"{participant}","wait":true}}"#);
+            async move { ask(&client, subject, body).await }
+        });
+        for released in futures::future::join_all(arrivals).await {
+            let released = released?;
+            if released["status"] != "BARRIER_RELEASED" {
+                bail!("barrier {id} answered {released}");
+            }
+        }
+        samples.push(started.elapsed().as_nanos() as u64);
+    }
+    let summary = Summary::of(&mut samples);
+    eprintln!(
+        "bench: state: {}-participant barrier released in p50 {:.3} ms",
+        args.barrier_participants, summary.p50_ms
+    );
+    Ok(summary)
 }
 
 /// The baseline responder: batches what arrived, one UPDATE from UNNEST per
@@ -522,7 +637,10 @@ impl StateReport {
              | one at a time, p50 ms | {b_p50:.3} | {c_p50:.3} | {p50:.2} |\n\
              | one at a time, p99 ms | {b_p99:.3} | {c_p99:.3} | {p99:.2} |\n\n\
              Contended key, {writers} writers (get + compare-and-set): {acked:.0} acknowledged updates/s, \
-             conflict rate {rate:.2}.\n",
+             conflict rate {rate:.2}.\n\n\
+             Lock acquire + release round trip (one at a time, {locks} samples): p50 {l_p50:.3} ms, p99 {l_p99:.3} ms.\n\n\
+             {participants}-participant barrier, all arriving at once with `wait` ({barriers} barriers): \
+             released in p50 {b_rel_p50:.3} ms, max {b_rel_max:.3} ms (first arrival sent to the last participant answered).\n",
             keys = self.keys,
             in_flight = self.in_flight,
             b_sat = self.baseline.updates_per_second,
@@ -537,6 +655,13 @@ impl StateReport {
             writers = self.contended.writers,
             acked = self.contended.acknowledged_per_second,
             rate = self.contended.conflict_rate,
+            locks = self.lock_round_trip.count,
+            l_p50 = self.lock_round_trip.p50_ms,
+            l_p99 = self.lock_round_trip.p99_ms,
+            participants = self.barrier_participants,
+            barriers = self.barrier_release.count,
+            b_rel_p50 = self.barrier_release.p50_ms,
+            b_rel_max = self.barrier_release.max_ms,
         )
     }
 }
