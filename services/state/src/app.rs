@@ -35,7 +35,8 @@ struct Inner {
     context: ServiceContext,
     config: StateConfig,
     store: DocumentStore,
-    writes: mpsc::Sender<Pending>,
+    /// One queue per writer shard ([`crate::writer::shard_of`]).
+    writes: Vec<mpsc::Sender<Pending>>,
     locks: Locks,
     barriers: Barriers,
     snapshots: Snapshots,
@@ -47,12 +48,13 @@ struct Inner {
 pub type Fence = Option<(String, u64)>;
 
 impl State {
-    /// The handle, and the writer to run (it stops when the last handle goes).
+    /// The handle, and the writers to run with their queues (one per
+    /// shard; each stops when the last handle goes).
     pub(crate) fn new(
         context: ServiceContext,
         config: StateConfig,
         directory: SharedDirectory,
-    ) -> (Self, crate::writer::Writer, mpsc::Receiver<Pending>) {
+    ) -> (Self, Vec<(crate::writer::Writer, mpsc::Receiver<Pending>)>) {
         let store = DocumentStore::new(context.pool.clone());
         let locks = Locks::new(
             context.pool.clone(),
@@ -82,7 +84,6 @@ impl State {
         );
         let identity = Identity::new(directory, &context.metrics);
         let metrics = Metrics::register(&context.metrics);
-        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let writer = crate::writer::Writer {
             store: store.clone(),
             events: context.events.clone(),
@@ -93,6 +94,12 @@ impl State {
             clock: config.clock.clone(),
             metrics,
         };
+        let (writes, writers): (Vec<_>, Vec<_>) = (0..config.write_shards)
+            .map(|_| {
+                let (send, queue) = mpsc::channel(WRITE_QUEUE);
+                (send, (writer.clone(), queue))
+            })
+            .unzip();
         let state = Self {
             inner: Arc::new(Inner {
                 context,
@@ -106,7 +113,7 @@ impl State {
                 identity,
             }),
         };
-        (state, writer, queue)
+        (state, writers)
     }
 
     pub fn context(&self) -> &ServiceContext {
@@ -165,8 +172,8 @@ impl State {
     ) -> Result<ChangeRow, ServiceError> {
         let (done, answer) = oneshot::channel();
         let shown = key.to_string();
-        self.inner
-            .writes
+        let shard = crate::writer::shard_of(key.as_str(), self.inner.writes.len());
+        self.inner.writes[shard]
             .send(Pending {
                 key,
                 write,

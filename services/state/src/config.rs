@@ -29,6 +29,13 @@ pub struct StateArgs {
         default_value_t = 200
     )]
     pub write_batch: usize,
+    /// Writers committing side by side (each key always goes to the same one).
+    #[arg(
+        long = "write-shards",
+        env = "CONCORD_STATE_WRITE_SHARDS",
+        default_value_t = 4
+    )]
+    pub write_shards: usize,
 }
 
 /// Everything the state service needs besides its connections.
@@ -37,6 +44,7 @@ pub struct StateConfig {
     pub max_document_bytes: usize,
     pub history_keep: u64,
     pub write_batch: usize,
+    pub write_shards: usize,
     /// Writes wait at most this long to be committed before the request
     /// is answered UNAVAILABLE (storage trouble).
     pub write_timeout: Duration,
@@ -58,10 +66,14 @@ impl StateConfig {
         if !(1..=1000).contains(&args.write_batch) {
             anyhow::bail!("--write-batch must be 1..=1000, not {}", args.write_batch);
         }
+        if !(1..=16).contains(&args.write_shards) {
+            anyhow::bail!("--write-shards must be 1..=16, not {}", args.write_shards);
+        }
         Ok(Self {
             max_document_bytes: args.max_document_bytes,
             history_keep: args.history_keep,
             write_batch: args.write_batch,
+            write_shards: args.write_shards,
             ..Self::default()
         })
     }
@@ -73,6 +85,7 @@ impl Default for StateConfig {
             max_document_bytes: 1_048_576,
             history_keep: 100,
             write_batch: 200,
+            write_shards: 4,
             write_timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_millis(100),
             clock: Arc::new(SystemClock),
@@ -89,6 +102,7 @@ mod tests {
             max_document_bytes: 10,
             history_keep: 5,
             write_batch: 50,
+            write_shards: 2,
         }
     }
 
@@ -99,9 +113,10 @@ mod tests {
             (
                 config.max_document_bytes,
                 config.history_keep,
-                config.write_batch
+                config.write_batch,
+                config.write_shards
             ),
-            (10, 5, 50)
+            (10, 5, 50, 2)
         );
     }
 
@@ -116,5 +131,7 @@ mod tests {
         assert!(error(|a| a.history_keep = 0).contains("--history-keep"));
         assert!(error(|a| a.write_batch = 0).contains("--write-batch"));
         assert!(error(|a| a.write_batch = 1001).contains("--write-batch"));
+        assert!(error(|a| a.write_shards = 0).contains("--write-shards"));
+        assert!(error(|a| a.write_shards = 17).contains("--write-shards"));
     }
 }

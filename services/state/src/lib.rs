@@ -72,11 +72,13 @@ pub async fn build_with(
 ) -> anyhow::Result<(Service, State)> {
     let directory = concord_directory::SharedDirectory::default();
     let sweep_every = config.sweep_interval;
-    let (state, writer, queue) = State::new(context.clone(), config, directory.clone());
+    let (state, writers) = State::new(context.clone(), config, directory.clone());
     let service = Service::start(context.clone()).await?;
     // Background tasks stop after the endpoints drained: every accepted
     // write is committed first.
-    service.spawn_background(writer.run(queue, service.background_token()));
+    for (writer, queue) in writers {
+        service.spawn_background(writer.run(queue, service.background_token()));
+    }
     let (changed, agents) = tokio::sync::mpsc::unbounded_channel();
     let bucket = concord_directory::DirectoryBucket::open(&context.bus).await?;
     service

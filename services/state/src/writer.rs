@@ -1,13 +1,20 @@
-//! The document writer: one task that commits writes in batches.
+//! The document writers: each commits writes in batches.
+//!
+//! Keys are spread over `write_shards` writers by a hash of the key, so one
+//! key's writes are always committed, answered and published by the same
+//! writer, in order, while the shards' transactions run side by side.
 //!
 //! A batch (up to `write_batch` requests, whatever arrived while the last
 //! one committed) is one transaction: lock the rows of its keys (sorted, so
-//! two replicas' batches cannot deadlock), apply each write in arrival order
-//! to the state so far with [`crate::document::apply`], write the rows, the
-//! history and the events, commit, then answer every request and publish
-//! the changes. Two replicas serialise on the row locks; a key that had no
-//! row when read and got one from the other replica meanwhile makes the
-//! batch start again, so a compare-and-set is never applied twice or lost.
+//! two batches, of two shards or two replicas, cannot deadlock), apply each
+//! write in arrival order to the state so far with
+//! [`crate::document::apply`], write the rows, the history and the events,
+//! commit. The committed batch then goes to the writer's publisher, which
+//! publishes the events and the changes and answers every request, while the
+//! next batch already commits. Two replicas serialise on the row locks; a
+//! key that had no row when read and got one from the other replica
+//! meanwhile makes the batch start again, so a compare-and-set is never
+//! applied twice or lost.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -54,7 +61,29 @@ pub enum WriteError {
 /// A committed batch: each write's result, in order, and the events.
 type Committed = (Vec<Result<ChangeRow, WriteError>>, Vec<NewEvent>);
 
-/// What the writer needs.
+/// A committed batch on its way to the publisher: the requests, their
+/// results, the events.
+type Batch = (
+    Vec<Pending>,
+    Vec<Result<ChangeRow, WriteError>>,
+    Vec<NewEvent>,
+);
+
+/// Committed batches waiting to be published and answered.
+const PUBLISH_QUEUE: usize = 4;
+
+/// Which of `shards` writers commits `key`'s writes (FNV-1a of the key).
+pub fn shard_of(key: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % shards.max(1) as u64) as usize
+}
+
+/// What a writer needs.
+#[derive(Clone)]
 pub struct Writer {
     pub store: DocumentStore,
     pub events: concord_runtime::EventPublisher,
@@ -68,31 +97,42 @@ pub struct Writer {
 
 impl Writer {
     /// Commits what arrives on `requests` until `stop` (the endpoints have
-    /// drained by then), then what is still queued.
+    /// drained by then), then what is still queued; returns once every
+    /// committed batch is published and answered.
     pub async fn run(self, mut requests: mpsc::Receiver<Pending>, stop: CancellationToken) {
-        let mut batch = Vec::with_capacity(self.batch);
-        loop {
-            tokio::select! {
-                received = requests.recv_many(&mut batch, self.batch) => {
-                    if received == 0 {
+        let (published, mut to_publish) = mpsc::channel::<Batch>(PUBLISH_QUEUE);
+        let commits = async {
+            let mut batch = Vec::with_capacity(self.batch);
+            loop {
+                tokio::select! {
+                    received = requests.recv_many(&mut batch, self.batch) => {
+                        if received == 0 {
+                            break;
+                        }
+                    }
+                    _ = stop.cancelled() => {
+                        requests.close();
+                        while requests.recv_many(&mut batch, self.batch).await > 0 {
+                            let pending = std::mem::take(&mut batch);
+                            self.commit(pending, &published).await;
+                        }
                         break;
                     }
                 }
-                _ = stop.cancelled() => {
-                    requests.close();
-                    while requests.recv_many(&mut batch, self.batch).await > 0 {
-                        let pending = std::mem::take(&mut batch);
-                        self.commit(pending).await;
-                    }
-                    break;
-                }
+                let pending = std::mem::take(&mut batch);
+                self.commit(pending, &published).await;
             }
-            let pending = std::mem::take(&mut batch);
-            self.commit(pending).await;
-        }
+            drop(published);
+        };
+        let publishes = async {
+            while let Some((pending, results, events)) = to_publish.recv().await {
+                self.publish(pending, results, events).await;
+            }
+        };
+        tokio::join!(commits, publishes);
     }
 
-    async fn commit(&self, pending: Vec<Pending>) {
+    async fn commit(&self, pending: Vec<Pending>, published: &mpsc::Sender<Batch>) {
         let started = Instant::now();
         let mut outcome = Ok(None);
         for _ in 0..MAX_TRIES {
@@ -115,6 +155,23 @@ impl Writer {
                 return fail_all(pending, &format!("state storage unavailable: {error}"));
             }
         };
+        // The publisher answers; should it be gone (it only ends after this
+        // loop), answer here.
+        if let Err(mpsc::error::SendError((pending, results, events))) =
+            published.send((pending, results, events)).await
+        {
+            self.publish(pending, results, events).await;
+        }
+    }
+
+    /// Publishes a committed batch's events and changes, then answers its
+    /// requests.
+    async fn publish(
+        &self,
+        pending: Vec<Pending>,
+        results: Vec<Result<ChangeRow, WriteError>>,
+        events: Vec<NewEvent>,
+    ) {
         self.events.publish_committed(&events).await;
         for (pending, result) in pending.into_iter().zip(results) {
             if let Ok(change) = &result {
@@ -254,5 +311,21 @@ pub async fn publish_change(bus: &concord_bus::Bus, change: &ChangeRow) {
         .await
     {
         tracing::warn!(%error, key = %change.key, "could not publish a document change");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_always_goes_to_the_same_shard_and_keys_spread() {
+        assert_eq!(shard_of("team/a", 4), shard_of("team/a", 4));
+        assert_eq!(shard_of("team/a", 1), 0);
+        let mut counts = [0usize; 4];
+        for n in 0..4000 {
+            counts[shard_of(&format!("bench/k{n}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
     }
 }
