@@ -75,7 +75,6 @@ impl State {
             context.events.clone(),
             context.bus.clone(),
             config.clock.clone(),
-            config.history_keep,
         );
         let workflows = Workflows::new(
             context.pool.clone(),
@@ -89,7 +88,6 @@ impl State {
             events: context.events.clone(),
             bus: context.bus.clone(),
             max_document_bytes: config.max_document_bytes,
-            history_keep: config.history_keep,
             batch: config.write_batch,
             clock: config.clock.clone(),
             metrics,

@@ -6,11 +6,14 @@
 //! `.snapshot.{take,get,list,restore}`, `.lock.{acquire,renew,release,check,
 //! get,list}`, `.barrier.{create,arrive,get}`, `.workflow.{create,step,get,
 //! list}`.
-//! Documents live in Postgres (`state_documents`, `state_history`); every
-//! change is a `document.*` event on `<root>.events.state.document.*` and is
-//! published on `<root>.state.changed.<namespace>.<key>`. The rules are pure
-//! modules ([`document`], [`merge_patch`], [`key`], [`lock`], [`barrier`],
-//! [`workflow`]); the writer commits writes in batches. See docs/PROTOCOL.md.
+//!
+//! Documents live in Postgres (`state_documents`); every change is a
+//! `document.*` event in the event store (which is also the document's
+//! history) and on `<root>.events.state.document.*`, and is published on
+//! `<root>.state.changed.<namespace>.<key>`. The rules are pure modules
+//! ([`document`], [`merge_patch`], [`key`], [`lock`], [`barrier`],
+//! [`workflow`]); the writers commit writes in batches. See
+//! docs/PROTOCOL.md.
 
 pub mod app;
 pub mod barrier;

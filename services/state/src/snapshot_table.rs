@@ -61,7 +61,6 @@ struct Inner {
     events: EventPublisher,
     bus: concord_bus::Bus,
     clock: Arc<dyn Clock>,
-    history_keep: u64,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> ServiceError {
@@ -88,7 +87,6 @@ impl Snapshots {
         events: EventPublisher,
         bus: concord_bus::Bus,
         clock: Arc<dyn Clock>,
-        history_keep: u64,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -96,7 +94,6 @@ impl Snapshots {
                 events,
                 bus,
                 clock,
-                history_keep,
             }),
         }
     }
@@ -305,18 +302,6 @@ impl Snapshots {
             ));
         }
         store::update_locked(&mut tx, &old)
-            .await
-            .map_err(unavailable)?;
-        let cutoffs: Vec<(&str, u64)> = changes
-            .iter()
-            .map(|c| {
-                (
-                    c.key.as_str(),
-                    document::history_cutoff(c.version, self.inner.history_keep),
-                )
-            })
-            .collect();
-        store::append_history(&mut tx, &changes, &cutoffs)
             .await
             .map_err(unavailable)?;
         let mut events: Vec<concord_store::NewEvent> = changes

@@ -165,52 +165,45 @@ impl DocumentStore {
     }
 
     /// Kept changes of `key` after `since`, oldest first: at most `limit`,
-    /// whether more follow, and the oldest version kept (0: none).
+    /// whether more follow, and the oldest version kept (0: none). Changes
+    /// are the key's `state.document` events; the newest `keep` versions
+    /// are kept.
     pub async fn history(
         &self,
         key: &str,
         since: u64,
         limit: usize,
+        keep: u64,
     ) -> Result<(Vec<ChangeRow>, bool, u64), sqlx::Error> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM state_documents WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(version) = version.map(|v| v as u64) else {
+            return Ok((Vec::new(), false, 0));
+        };
+        let oldest = crate::document::history_cutoff(version, keep) + 1;
         let rows = sqlx::query(
-            "SELECT key, version, kind, value::text AS value, patch::text AS patch, actor, at
-             FROM state_history WHERE key = $1 AND version > $2
-             ORDER BY version LIMIT $3",
+            "SELECT data::text AS data, occurred_at FROM events
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+             ORDER BY sequence LIMIT $4",
         )
+        .bind(crate::AGGREGATE)
         .bind(key)
-        .bind(since as i64)
+        .bind(since.max(oldest - 1) as i64)
         .bind(limit as i64 + 1)
         .fetch_all(&self.pool)
         .await?;
         let mut changes = Vec::with_capacity(rows.len());
         for row in &rows {
-            let value = parse_json(row.try_get("value")?)?;
-            let patch = parse_json(row.try_get("patch")?)?;
-            let kind: String = row.try_get("kind")?;
-            let recorded = match (kind.as_str(), &value, patch) {
-                ("created", Some(v), _) => Recorded::Created(v.clone()),
-                ("put", Some(v), _) => Recorded::Put(v.clone()),
-                ("restored", Some(v), _) => Recorded::Restored(v.clone()),
-                ("patched", _, Some(p)) => Recorded::Patched(p),
-                _ => Recorded::Deleted,
-            };
-            changes.push(ChangeRow {
-                key: row.try_get("key")?,
-                version: row.try_get::<i64, _>("version")? as u64,
-                recorded,
-                value,
-                actor: row.try_get("actor")?,
-                at: row.try_get("at")?,
-            });
+            let data: Value = serde_json::from_str(&row.try_get::<String, _>("data")?)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            changes.push(change_of(key, &data, row.try_get("occurred_at")?)?);
         }
         let more = changes.len() > limit;
         changes.truncate(limit);
-        let oldest: Option<i64> =
-            sqlx::query_scalar("SELECT min(version) FROM state_history WHERE key = $1")
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok((changes, more, oldest.unwrap_or(0) as u64))
+        Ok((changes, more, oldest))
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -324,53 +317,40 @@ pub async fn update_locked(
     Ok(())
 }
 
-/// Appends history entries, then drops, per key, the entries at or below
-/// its cutoff (`cutoffs`: key, version; zero cutoffs skipped).
-pub async fn append_history(
-    conn: &mut PgConnection,
-    changes: &[ChangeRow],
-    cutoffs: &[(&str, u64)],
-) -> Result<(), sqlx::Error> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let patch = |c: &ChangeRow| match &c.recorded {
-        Recorded::Patched(p) => Some(p.to_string()),
-        _ => None,
+/// A change as its event's `data` holds it (`at` falls back to when the
+/// event was recorded, for events written before `at` was in the data).
+fn change_of(
+    key: &str,
+    data: &Value,
+    occurred_at: DateTime<Utc>,
+) -> Result<ChangeRow, sqlx::Error> {
+    let bad = |what: &str| sqlx::Error::Decode(format!("state event of {key}: {what}").into());
+    let value = match &data["value"] {
+        Value::Null => None,
+        value => Some(value.clone()),
     };
-    sqlx::query(
-        "INSERT INTO state_history (key, version, kind, value, patch, actor, at)
-         SELECT k, v, kind, j::jsonb, p::jsonb, a, t
-         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-              AS u(k, v, kind, j, p, a, t)",
-    )
-    .bind(changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.version as i64).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.recorded.kind()).collect::<Vec<_>>())
-    .bind(
-        changes
-            .iter()
-            .map(|c| c.value.as_ref().map(|v| v.to_string()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(changes.iter().map(patch).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.actor.as_str()).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.at).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    let trimmed: Vec<&(&str, u64)> = cutoffs.iter().filter(|(_, v)| *v > 0).collect();
-    if !trimmed.is_empty() {
-        sqlx::query(
-            "DELETE FROM state_history h
-             USING UNNEST($1::text[], $2::bigint[]) AS c(k, v)
-             WHERE h.key = c.k AND h.version <= c.v",
-        )
-        .bind(trimmed.iter().map(|(k, _)| *k).collect::<Vec<_>>())
-        .bind(trimmed.iter().map(|(_, v)| *v as i64).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    let recorded = match (data["kind"].as_str(), &value) {
+        (Some("created"), Some(v)) => Recorded::Created(v.clone()),
+        (Some("put"), Some(v)) => Recorded::Put(v.clone()),
+        (Some("restored"), Some(v)) => Recorded::Restored(v.clone()),
+        (Some("patched"), _) => Recorded::Patched(data["patch"].clone()),
+        (Some("deleted"), _) => Recorded::Deleted,
+        _ => return Err(bad("unknown kind")),
+    };
+    let at = match data["at"].as_str() {
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .map_err(|_| bad("unreadable at"))?
+            .with_timezone(&Utc),
+        None => occurred_at,
+    };
+    Ok(ChangeRow {
+        key: key.to_string(),
+        version: data["version"].as_u64().ok_or_else(|| bad("no version"))?,
+        recorded,
+        value,
+        actor: data["actor"].as_str().unwrap_or_default().to_string(),
+        at,
+    })
 }
 
 /// The event of one change: aggregate `state.document`, id the key,
@@ -383,6 +363,7 @@ pub fn change_event(events: &concord_runtime::EventPublisher, change: &ChangeRow
         "actor": change.actor,
         "value": change.value,
         "patch": match &change.recorded { Recorded::Patched(p) => p.clone(), _ => Value::Null },
+        "at": change.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
     });
     events.event(
         crate::AGGREGATE,

@@ -89,7 +89,6 @@ pub struct Writer {
     pub events: concord_runtime::EventPublisher,
     pub bus: concord_bus::Bus,
     pub max_document_bytes: usize,
-    pub history_keep: u64,
     pub batch: usize,
     pub clock: std::sync::Arc<dyn concord_runtime::Clock>,
     pub metrics: crate::metrics::Metrics,
@@ -262,16 +261,7 @@ impl Writer {
             return Ok(None);
         }
         store::update_locked(&mut tx, &old).await?;
-        let cutoffs: Vec<(&str, u64)> = changed
-            .iter()
-            .map(|key| {
-                (
-                    *key,
-                    document::history_cutoff(current[*key].version, self.history_keep),
-                )
-            })
-            .collect();
-        store::append_history(&mut tx, &changes, &cutoffs).await?;
+        // The events are the history (`DocumentStore::history` reads them).
         let events: Vec<NewEvent> = changes
             .iter()
             .map(|change| store::change_event(&self.events, change))

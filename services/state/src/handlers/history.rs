@@ -11,7 +11,12 @@ pub async fn handle(state: State, request: Request) -> Result<Reply, ServiceErro
     let limit = super::page("limit", message.limit)?;
     let (changes, more, oldest_kept) = state
         .store()
-        .history(key.as_str(), message.since_version, limit)
+        .history(
+            key.as_str(),
+            message.since_version,
+            limit,
+            state.config().history_keep,
+        )
         .await
         .map_err(unavailable)?;
     let reply = HistoryReply {

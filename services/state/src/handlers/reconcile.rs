@@ -28,7 +28,12 @@ pub async fn handle(state: State, request: Request) -> Result<Reply, ServiceErro
     }
     let (changes, more, oldest_kept) = state
         .store()
-        .history(key.as_str(), since, MAX_CHANGES)
+        .history(
+            key.as_str(),
+            since,
+            MAX_CHANGES,
+            state.config().history_keep,
+        )
         .await
         .map_err(unavailable)?;
     let reaches_back = since == current.version || (oldest_kept > 0 && oldest_kept <= since + 1);
