@@ -128,6 +128,7 @@ pub fn service_args(nats_url: &str, database_url: &str, root: &str) -> ServiceAr
             otlp_endpoint: None,
         },
         shutdown_grace_secs: 5,
+        max_in_flight: 256,
         migrate_only: false,
     }
 }

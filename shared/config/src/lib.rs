@@ -137,6 +137,17 @@ pub struct ServiceArgs {
     )]
     pub shutdown_grace_secs: u64,
 
+    /// Requests each endpoint handles at once (more wait in the NATS
+    /// subscription). Requests waiting on a batched commit or a lock hold a
+    /// slot while they wait.
+    #[arg(
+        long = "max-in-flight",
+        env = "CONCORD_MAX_IN_FLIGHT",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..=65_536)
+    )]
+    pub max_in_flight: u32,
+
     /// Apply the shared migrations and this service's own (its folder under
     /// `migrations/`), then exit without serving.
     #[arg(long = "migrate-only")]
@@ -168,6 +179,8 @@ mod tests {
         assert_eq!(cli.service.telemetry.log_format, LogFormat::Text);
         assert!(cli.service.database.database_url.contains("127.0.0.1:5433"));
         assert!(cli.service.telemetry.metrics_addr.is_none());
+        assert_eq!(cli.service.max_in_flight, 256);
+        assert!(Cli::try_parse_from(["x", "--max-in-flight", "0"]).is_err());
     }
 
     #[test]
@@ -182,8 +195,11 @@ mod tests {
             "json",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--max-in-flight",
+            "1024",
         ])
         .unwrap();
+        assert_eq!(cli.service.max_in_flight, 1024);
         assert_eq!(cli.service.nats.nats_url, "nats://n:4333");
         assert_eq!(cli.service.nats.subject_root, "t1");
         assert_eq!(cli.service.telemetry.log_format, LogFormat::Json);

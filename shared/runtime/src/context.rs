@@ -41,6 +41,8 @@ pub struct ServiceContext {
     pub shutdown: Shutdown,
     /// How long in-flight work may take to finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Requests each endpoint handles at once (`--max-in-flight`).
+    pub max_in_flight: usize,
     metrics_addr: Option<SocketAddr>,
 }
 
@@ -97,6 +99,7 @@ impl ServiceContext {
             metrics,
             shutdown,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            max_in_flight: args.max_in_flight as usize,
             metrics_addr,
         })
     }

@@ -57,7 +57,8 @@ pub struct Service {
 impl Service {
     /// Registers the service on NATS (`$SRV.PING/INFO/STATS` answer from now on).
     pub async fn start(context: ServiceContext) -> anyhow::Result<Self> {
-        let spec = ServiceSpec::new(context.info.name, context.info.description);
+        let mut spec = ServiceSpec::new(context.info.name, context.info.description);
+        spec.max_in_flight = context.max_in_flight;
         let mut host = ServiceHost::start(&context.bus, spec, &context.metrics).await?;
         host.set_reject_sink(context.reject_sink());
         Ok(Self {

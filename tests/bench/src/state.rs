@@ -199,6 +199,8 @@ async fn measure(
     let responder_client =
         infra::connect(&args.servers.nats_url, "concord-bench-state-responder").await?;
     let subscriber = responder_client.subscribe(subject.clone()).await?;
+    // The subscription is on the server before the first request is sent.
+    responder_client.flush().await?;
     let responder = tokio::spawn(respond(responder_client.clone(), subscriber, pool.clone()));
     client.flush().await?;
     let baseline_target = Target {
