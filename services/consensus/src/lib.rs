@@ -3,8 +3,10 @@
 //! This release registers the service on NATS (it answers `$SRV.PING`,
 //! `$SRV.INFO` and `$SRV.STATS`), serves `/metrics` and shuts down cleanly;
 //! its coordination endpoints arrive with their own issues. The vote
-//! counting rules ([`tally`]) are pure and tested on their own.
+//! counting rules ([`tally`]) and the election and term rules
+//! ([`election`]) are pure and tested on their own.
 
+pub mod election;
 pub mod tally;
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
