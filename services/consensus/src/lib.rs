@@ -3,9 +3,11 @@
 //! This release registers the service on NATS (it answers `$SRV.PING`,
 //! `$SRV.INFO` and `$SRV.STATS`), serves `/metrics` and shuts down cleanly;
 //! its coordination endpoints arrive with their own issues. The vote
-//! counting rules ([`tally`]) and the election and term rules
-//! ([`election`]) are pure and tested on their own.
+//! counting rules ([`tally`]), the election and term rules ([`election`])
+//! and the clustering of hierarchical coordination ([`clusters`]) are pure
+//! and tested on their own.
 
+pub mod clusters;
 pub mod election;
 pub mod tally;
 
