@@ -3,12 +3,15 @@
 //! This release registers the service on NATS (it answers `$SRV.PING`,
 //! `$SRV.INFO` and `$SRV.STATS`), serves `/metrics` and shuts down cleanly;
 //! its coordination endpoints arrive with their own issues. The vote
-//! counting rules ([`tally`]), the election and term rules ([`election`])
-//! and the clustering of hierarchical coordination ([`clusters`]) are pure
-//! and tested on their own.
+//! counting rules ([`tally`]), one voting round ([`session`]: invitations,
+//! deadline, signatures, duplicates, equivocation, the decision), the
+//! election and term rules ([`election`]) and the clustering of
+//! hierarchical coordination ([`clusters`]) are pure and tested on their
+//! own.
 
 pub mod clusters;
 pub mod election;
+pub mod session;
 pub mod tally;
 
 use concord_runtime::{Service, ServiceContext, ServiceInfo};
