@@ -4,13 +4,14 @@
 //! `$SRV.INFO` and `$SRV.STATS`), serves `/metrics` and shuts down cleanly;
 //! its coordination endpoints arrive with their own issues. The vote
 //! counting rules ([`tally`]), one voting round ([`session`]: invitations,
-//! deadline, signatures, duplicates, equivocation, the decision), the
-//! election and term rules ([`election`]) and the clustering of
+//! deadline, signatures, duplicates, equivocation, the decision),
+//! iterative rounds ([`rounds`]), the election and term rules ([`election`]) and the clustering of
 //! hierarchical coordination ([`clusters`]) are pure and tested on their
 //! own.
 
 pub mod clusters;
 pub mod election;
+pub mod rounds;
 pub mod session;
 pub mod tally;
 
