@@ -266,3 +266,20 @@ pub fn not_found(key: &str) -> ServiceError {
 pub fn unavailable(error: impl std::fmt::Display) -> ServiceError {
     ServiceError::unavailable(format!("state storage unavailable: {error}"))
 }
+
+/// Appends `events` in `tx`, commits, then publishes them: how a lock,
+/// barrier, snapshot or workflow change is made durable.
+pub async fn commit_with_events(
+    publisher: &concord_runtime::EventPublisher,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &[concord_store::NewEvent],
+) -> Result<(), ServiceError> {
+    publisher
+        .store()
+        .append_in(&mut tx, events)
+        .await
+        .map_err(|error| ServiceError::unavailable(format!("event store: {error}")))?;
+    tx.commit().await.map_err(unavailable)?;
+    publisher.publish_committed(events).await;
+    Ok(())
+}

@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 
+use crate::app::unavailable;
 use crate::barrier::{Barrier, Condition, Participants, Status};
 use crate::lock_table::time_of;
 
@@ -80,10 +81,6 @@ pub struct ArriveAnswer {
     pub barrier: Barrier,
     /// The reply comes at the release or the timeout.
     pub later: bool,
-}
-
-fn unavailable(error: impl std::fmt::Display) -> ServiceError {
-    ServiceError::unavailable(format!("state storage unavailable: {error}"))
 }
 
 fn status_text(status: Status) -> &'static str {
@@ -215,24 +212,8 @@ impl Barriers {
                 "actor": actor,
             }),
         );
-        self.commit(tx, vec![event]).await?;
+        crate::app::commit_with_events(&self.inner.events, tx, &[event]).await?;
         Ok(barrier)
-    }
-
-    async fn commit(
-        &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        events: Vec<concord_store::NewEvent>,
-    ) -> Result<(), ServiceError> {
-        self.inner
-            .events
-            .store()
-            .append_in(&mut tx, &events)
-            .await
-            .map_err(|error| ServiceError::unavailable(format!("event store: {error}")))?;
-        tx.commit().await.map_err(unavailable)?;
-        self.inner.events.publish_committed(&events).await;
-        Ok(())
     }
 
     /// Barrier `id` as stored, timed out if its deadline passed.
@@ -362,7 +343,7 @@ impl Barriers {
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        self.commit(tx, events).await?;
+        crate::app::commit_with_events(&self.inner.events, tx, &events).await?;
         if decided {
             let status = if barrier.status == Status::Released {
                 "released"

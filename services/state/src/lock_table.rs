@@ -24,6 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde_json::json;
 use sqlx::{PgPool, Row};
 
+use crate::app::unavailable;
 use crate::lock::{Acquire, Acquired, Changed, Holder, Lock, LockError, Mode, Waiter};
 
 /// Aggregate type of lock events (`<root>.events.state.lock.<kind>`).
@@ -210,10 +211,6 @@ pub fn refusal(resource: &str, error: LockError, latest: u64) -> ServiceError {
             "the owner already waits for lock {resource} {mode:?}"
         )),
     }
-}
-
-fn unavailable(error: sqlx::Error) -> ServiceError {
-    ServiceError::unavailable(format!("state storage unavailable: {error}"))
 }
 
 fn decode_lock(text: &str) -> Result<Lock, ServiceError> {
@@ -452,14 +449,7 @@ impl Locks {
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        self.inner
-            .events
-            .store()
-            .append_in(&mut tx, &events)
-            .await
-            .map_err(|error| ServiceError::unavailable(format!("event store: {error}")))?;
-        tx.commit().await.map_err(unavailable)?;
-        self.inner.events.publish_committed(&events).await;
+        crate::app::commit_with_events(&self.inner.events, tx, &events).await?;
         Ok((
             answer,
             Some(Aftermath {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 
+use crate::app::unavailable;
 use crate::document::{self, Stored};
 use crate::store::{self, ChangeRow, DocumentRow, prefix_pattern};
 
@@ -61,10 +62,6 @@ struct Inner {
     events: EventPublisher,
     bus: concord_bus::Bus,
     clock: Arc<dyn Clock>,
-}
-
-fn unavailable(error: impl std::fmt::Display) -> ServiceError {
-    ServiceError::unavailable(format!("state storage unavailable: {error}"))
 }
 
 fn not_found(id: &str) -> ServiceError {
@@ -137,7 +134,7 @@ impl Snapshots {
             "snapshot.taken",
             json!({"id": id, "namespace": namespace, "count": count, "actor": actor}),
         );
-        self.commit(tx, vec![event]).await?;
+        crate::app::commit_with_events(&self.inner.events, tx, &[event]).await?;
         Ok(SnapshotHead {
             id,
             namespace: namespace.to_string(),
@@ -145,22 +142,6 @@ impl Snapshots {
             actor: actor.to_string(),
             count: count as u32,
         })
-    }
-
-    async fn commit(
-        &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        events: Vec<concord_store::NewEvent>,
-    ) -> Result<(), ServiceError> {
-        self.inner
-            .events
-            .store()
-            .append_in(&mut tx, &events)
-            .await
-            .map_err(|error| ServiceError::unavailable(format!("event store: {error}")))?;
-        tx.commit().await.map_err(unavailable)?;
-        self.inner.events.publish_committed(&events).await;
-        Ok(())
     }
 
     /// Snapshot `id` and a page of its documents after key `after`
@@ -321,7 +302,7 @@ impl Snapshots {
                 "actor": actor,
             }),
         ));
-        self.commit(tx, events).await?;
+        crate::app::commit_with_events(&self.inner.events, tx, &events).await?;
         for change in &changes {
             crate::writer::publish_change(&self.inner.bus, change).await;
         }

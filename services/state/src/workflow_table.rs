@@ -15,6 +15,7 @@ use concord_wire::v1::{ErrorCode, WorkflowRecord, WorkflowStatus};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 
+use crate::app::unavailable;
 use crate::workflow::{Status, Step, Workflow};
 
 /// Aggregate type of workflow events (`<root>.events.state.workflow.<kind>`).
@@ -41,10 +42,6 @@ struct Inner {
     pool: PgPool,
     events: EventPublisher,
     clock: Arc<dyn Clock>,
-}
-
-fn unavailable(error: impl std::fmt::Display) -> ServiceError {
-    ServiceError::unavailable(format!("state storage unavailable: {error}"))
 }
 
 fn not_found(id: &str) -> ServiceError {
@@ -167,7 +164,7 @@ impl Workflows {
             .inner
             .events
             .event(AGGREGATE, id, 1, "workflow.created", data);
-        self.commit(tx, vec![event]).await?;
+        crate::app::commit_with_events(&self.inner.events, tx, &[event]).await?;
         Ok(Stored {
             id: id.to_string(),
             workflow,
@@ -176,22 +173,6 @@ impl Workflows {
             updated_at: at,
             updated_by: actor.to_string(),
         })
-    }
-
-    async fn commit(
-        &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        events: Vec<concord_store::NewEvent>,
-    ) -> Result<(), ServiceError> {
-        self.inner
-            .events
-            .store()
-            .append_in(&mut tx, &events)
-            .await
-            .map_err(|error| ServiceError::unavailable(format!("event store: {error}")))?;
-        tx.commit().await.map_err(unavailable)?;
-        self.inner.events.publish_committed(&events).await;
-        Ok(())
     }
 
     /// Record `id` as stored.
@@ -324,7 +305,7 @@ impl Workflows {
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        self.commit(tx, events).await?;
+        crate::app::commit_with_events(&self.inner.events, tx, &events).await?;
         Ok(record)
     }
 }
