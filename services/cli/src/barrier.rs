@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use concord_bus::{Bus, ServiceError};
-use concord_wire::WireMessage;
 use concord_wire::json::to_wire_value;
 use concord_wire::v1::{
     ArriveAtBarrier, Barrier, BarrierCondition, BarrierStatus, CreateBarrier, GetBarrier,
 };
+
+use crate::state::request as call;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,28 +89,8 @@ fn parse_data(text: Option<String>) -> anyhow::Result<Option<concord_wire::pbjso
     .transpose()
 }
 
-async fn call<Q: WireMessage, R: WireMessage>(
-    bus: &Bus,
-    name: &str,
-    message: &Q,
-    timeout: Duration,
-) -> Result<R, ServiceError> {
-    bus.request(bus.subjects.endpoint("state", name), message, timeout)
-        .await
-}
-
 fn failed(error: ServiceError) -> anyhow::Error {
-    if let Some(details) = &error.details {
-        eprintln!("current barrier: {details}");
-    }
-    let unreachable = error.code == concord_wire::v1::ErrorCode::Unavailable
-        && error.message.contains("no responders");
-    let error = crate::tasks::failed(error);
-    if unreachable {
-        error.context("is concord-state running?")
-    } else {
-        error
-    }
+    crate::state::refused("barrier", error)
 }
 
 fn print(barrier: &Barrier, json: bool) -> anyhow::Result<ExitCode> {

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use concord_bus::{Bus, ServiceError};
-use concord_wire::WireMessage;
 use concord_wire::v1::{
     AcquireLock, GetLock, ListLocks, ListLocksReply, LockGrant, LockMode, LockReleased, LockState,
     ReleaseLock, RenewLock,
 };
+
+use crate::state::request as call;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -76,25 +77,8 @@ pub struct AcquireArgs {
     command: Vec<String>,
 }
 
-async fn call<Q: WireMessage, R: WireMessage>(
-    bus: &Bus,
-    name: &str,
-    message: &Q,
-    timeout: Duration,
-) -> Result<R, ServiceError> {
-    bus.request(bus.subjects.endpoint("state", name), message, timeout)
-        .await
-}
-
 fn failed(error: ServiceError) -> anyhow::Error {
-    let unreachable = error.code == concord_wire::v1::ErrorCode::Unavailable
-        && error.message.contains("no responders");
-    let error = crate::tasks::failed(error);
-    if unreachable {
-        error.context("is concord-state running?")
-    } else {
-        error
-    }
+    crate::state::refused("lock", error)
 }
 
 pub async fn run(bus: &Bus, command: LockCommand) -> anyhow::Result<ExitCode> {

@@ -117,15 +117,11 @@ async fn call<Q: concord_wire::WireMessage, R: concord_wire::WireMessage>(
     name: &str,
     message: &Q,
 ) -> Result<R, ServiceError> {
-    bus.request(bus.subjects.endpoint("state", name), message, TIMEOUT)
-        .await
+    crate::state::request(bus, name, message, TIMEOUT).await
 }
 
 fn failed(error: ServiceError) -> anyhow::Error {
-    if let Some(details) = &error.details {
-        eprintln!("current record: {details}");
-    }
-    crate::tasks::failed(error)
+    crate::state::refused("record", error)
 }
 
 fn step(target: Target, kind: WorkflowStepKind) -> WorkflowStep {

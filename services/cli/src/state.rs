@@ -163,16 +163,27 @@ async fn call<Q: WireMessage, R: WireMessage>(
     name: &str,
     message: &Q,
 ) -> Result<R, ServiceError> {
-    bus.request(bus.subjects.endpoint("state", name), message, TIMEOUT)
+    request(bus, name, message, TIMEOUT).await
+}
+
+/// A request to the state service's endpoint `name` (`put`, `lock.acquire`,
+/// `barrier.arrive` ...), answered within `timeout`.
+pub(crate) async fn request<Q: WireMessage, R: WireMessage>(
+    bus: &Bus,
+    name: &str,
+    message: &Q,
+    timeout: Duration,
+) -> Result<R, ServiceError> {
+    bus.request(bus.subjects.endpoint("state", name), message, timeout)
         .await
 }
 
-/// A refused request as an error; a conflict shows the current document.
-fn failed(error: ServiceError) -> anyhow::Error {
-    if matches!(error.code, ErrorCode::Conflict | ErrorCode::AlreadyExists)
-        && let Some(details) = &error.details
-    {
-        eprintln!("current document: {details}");
+/// A request the state service refused, as an error. A refusal that
+/// carries the current `what` (a conflict, an existing one) shows it on
+/// stderr; no state service at all says so.
+pub(crate) fn refused(what: &str, error: ServiceError) -> anyhow::Error {
+    if let Some(details) = &error.details {
+        eprintln!("current {what}: {details}");
     }
     let unreachable =
         error.code == ErrorCode::Unavailable && error.message.contains("no responders");
@@ -182,6 +193,10 @@ fn failed(error: ServiceError) -> anyhow::Error {
     } else {
         error
     }
+}
+
+fn failed(error: ServiceError) -> anyhow::Error {
+    refused("document", error)
 }
 
 pub async fn run(bus: &Bus, command: StateCommand) -> anyhow::Result<ExitCode> {

@@ -262,12 +262,12 @@ impl Snapshots {
         }
         // Rows are never removed, so every key the snapshot holds has one;
         // should one be missing all the same, it is created.
-        let missing: Vec<&str> = targets
+        let missing: std::collections::BTreeSet<&str> = targets
             .keys()
             .copied()
             .filter(|key| !seen.contains(key))
             .collect();
-        for key in &missing {
+        for key in missing.iter().copied() {
             restore(key, None);
         }
         let rows: Vec<DocumentRow> = changes.iter().map(ChangeRow::to_row).collect();
